@@ -1,0 +1,115 @@
+"""API errors: one root type, a few kinds, mapped to HTTP in one place.
+
+Every error body is ``{"error": {"code", "message", "field"}}``; no response
+ever carries a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, jsonify
+from kombu.exceptions import OperationalError as KombuOperationalError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+__all__ = ["ApiError", "BadRequest", "Conflict", "Gone", "NotFound", "PayloadTooLarge",
+           "ServiceUnavailable", "UnprocessableEntity", "UnsupportedMediaType", "register_error_handlers"]
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    status = 400
+    code = "bad_request"
+
+    def __init__(self, message: str, field: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        if code:
+            self.code = code
+
+    def body(self) -> dict:
+        return {"error": {"code": self.code, "message": self.message, "field": self.field}}
+
+
+class BadRequest(ApiError):
+    """Raised when the request cannot be parsed (malformed JSON, wrong shape)."""
+
+
+class UnprocessableEntity(ApiError):
+    """Raised when a well-formed request names something invalid."""
+    status, code = 422, "invalid_field"
+
+
+class UnsupportedMediaType(ApiError):
+    """Raised when a body or an upload is of a type the analyzer does not take."""
+    status, code = 415, "unsupported_media_type"
+
+
+class PayloadTooLarge(ApiError):
+    """Raised when an upload is over the analyzer's or the server's limit."""
+    status, code = 413, "payload_too_large"
+
+
+class NotFound(ApiError):
+    """Raised for an unknown job id or route."""
+    status, code = 404, "not_found"
+
+
+class Gone(ApiError):
+    """Raised when a job existed but its result has expired."""
+    status, code = 410, "expired"
+
+
+class Conflict(ApiError):
+    """Raised when the job's state forbids the request (cancel after finish)."""
+    status, code = 409, "conflict"
+
+
+class ServiceUnavailable(ApiError):
+    """Raised when Redis cannot be reached."""
+    status, code = 503, "unavailable"
+
+
+def _respond(error: ApiError, headers: dict | None = None):
+    response = jsonify(error.body())
+    response.status_code = error.status
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(ApiError)
+    def _api_error(error: ApiError):
+        return _respond(error)
+
+    @app.errorhandler(RequestEntityTooLarge)
+    def _too_large(error):
+        limit = app.config.get("MAX_CONTENT_LENGTH")
+        return _respond(PayloadTooLarge(f"request body is over the server's limit of {limit} bytes", field="file"))
+
+    @app.errorhandler(HTTPException)
+    def _http_error(error: HTTPException):
+        code = (error.name or "error").lower().replace(" ", "_")
+        err = ApiError(error.description or error.name, code=code)
+        err.status = error.code or 500
+        return _respond(err)
+
+    @app.errorhandler(RedisConnectionError)
+    @app.errorhandler(RedisTimeoutError)
+    @app.errorhandler(KombuOperationalError)
+    def _redis_down(error):
+        log.warning("redis unreachable: %s", error)
+        return _respond(ServiceUnavailable("the job store (Redis) is unreachable; try again shortly"),
+                        {"Retry-After": "5"})
+
+    @app.errorhandler(Exception)
+    def _unexpected(error: Exception):
+        log.exception("unhandled error")
+        err = ApiError("internal server error", code="internal")
+        err.status = 500
+        return _respond(err)

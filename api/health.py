@@ -1,0 +1,56 @@
+"""Liveness, readiness and the analyzer listing: what operators and clients ask of the fleet."""
+
+from __future__ import annotations
+
+from flask import Blueprint
+
+from api.services import services
+from tasks import catalog
+
+__all__ = ["health"]
+
+health = Blueprint("health", __name__)
+
+_SERVING_STATES = ("ready", "busy")
+
+
+@health.get("/healthz")
+def healthz():
+    return {"status": "ok"}
+
+
+@health.get("/readyz")
+def readyz():
+    svc = services()
+    try:
+        svc.redis.ping()
+    except Exception as error:  # any failure to reach Redis means not ready
+        return {"ready": False, "reasons": [f"redis unreachable: {error.__class__.__name__}"]}, 503
+    specs = svc.analyzers.all(refresh=True)
+    serving = _workers_by_analyzer()
+    reasons = [f"no live worker serves {name!r}" for name in sorted(specs) if not serving.get(name)]
+    if not specs:
+        reasons.append("no analyzer published yet: no worker has loaded its models")
+    body = {"ready": not reasons, "reasons": reasons,
+            "analyzers": {name: [w["name"] for w in serving.get(name, [])] for name in sorted(specs)}}
+    return body, 200 if not reasons else 503
+
+
+@health.get("/v1/analyzers")
+def list_analyzers():
+    svc = services()
+    serving = _workers_by_analyzer()
+    return {"analyzers": [
+        {**spec, "workers": [{"name": w["name"], "device": w["device"], "state": w["state"]}
+                             for w in serving.get(name, [])]}
+        for name, spec in sorted(svc.analyzers.all(refresh=True).items())
+    ]}
+
+
+def _workers_by_analyzer() -> dict[str, list[dict]]:
+    by_name: dict[str, list[dict]] = {}
+    for worker in catalog.live_workers(services().redis):
+        if worker.get("state") in _SERVING_STATES:
+            for name in worker.get("analyzers", []):
+                by_name.setdefault(name, []).append(worker)
+    return by_name

@@ -1,0 +1,93 @@
+"""Routes for jobs: submit, read (with long-poll), cancel."""
+
+from __future__ import annotations
+
+import time
+
+from flask import Blueprint, request
+
+from api.errors import BadRequest, Conflict, Gone, NotFound
+from api.render import job_object
+from api.services import services
+from api.validation import parse_submission
+from api.waiting import wait_for_terminal
+from tasks.jobs import CANCELED, CANCELING, QUEUED, RUNNING, SUCCEEDED, JobRecord
+from tasks.submission import submit_job
+
+__all__ = ["jobs"]
+
+jobs = Blueprint("jobs", __name__)
+
+
+@jobs.post("/v1/jobs")
+def create_job():
+    svc = services()
+    submission = parse_submission(request, svc.analyzers.get, svc.analyzers.names)
+    record = submit_job(
+        svc.jobs, svc.celery,
+        analyzer=submission.analyzer,
+        input_bytes=submission.input_bytes,
+        input_media_type=submission.input_media_type,
+        params=submission.params,
+    )
+    return job_object(record), 202, {"Location": f"/v1/jobs/{record.id}"}
+
+
+@jobs.get("/v1/jobs/<job_id>")
+def get_job(job_id: str):
+    svc = services()
+    wait = _wait_seconds(svc.settings.max_wait)
+    if wait > 0:
+        record = wait_for_terminal(svc.redis, svc.jobs, job_id, wait)
+    else:
+        record = svc.jobs.get(job_id)
+    record = _existing(record, job_id)
+    result = None
+    if record.status == SUCCEEDED:
+        meta = svc.celery.backend.get_task_meta(job_id)
+        if meta.get("status") != "SUCCESS":
+            raise Gone(f"the result of job {job_id} has expired", field="id")
+        result = meta.get("result")
+    return job_object(record, result)
+
+
+@jobs.delete("/v1/jobs/<job_id>")
+def cancel_job(job_id: str):
+    svc = services()
+    record = _existing(svc.jobs.get(job_id), job_id)
+    # A queued job is canceled outright; the worker checks the record before
+    # running, so it is skipped even if its message is already reserved.
+    if svc.jobs.finish(job_id, CANCELED, [QUEUED], error=None):
+        svc.celery.control.revoke(job_id)
+    else:
+        written, status = svc.jobs.transition(job_id, [RUNNING], CANCELING)
+        if written:
+            # The worker's parent kills the pool child running it and marks it canceled.
+            svc.celery.control.revoke(job_id, terminate=True, signal="SIGKILL")
+        elif status in (CANCELING, CANCELED):
+            pass  # asked twice: answer as the first time
+        else:
+            raise Conflict(f"job {job_id} has already {record.status if status is None else status}",
+                           field="id", code="already_finished")
+    return job_object(_existing(svc.jobs.get(job_id), job_id)), 202
+
+
+def _existing(record: JobRecord | None, job_id: str) -> JobRecord:
+    if record is None:
+        raise NotFound(f"no job with id {job_id}", field="id")
+    if record.expires_at is not None and record.expires_at < time.time():
+        raise Gone(f"job {job_id} finished and its result has expired", field="id")
+    return record
+
+
+def _wait_seconds(limit: float) -> float:
+    raw = request.args.get("wait")
+    if raw is None:
+        return 0.0
+    try:
+        wait = float(raw)
+    except ValueError:
+        raise BadRequest("wait must be a number of seconds", field="wait") from None
+    if not 0 <= wait <= limit:
+        raise BadRequest(f"wait must be between 0 and {limit:g} seconds", field="wait")
+    return wait

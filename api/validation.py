@@ -1,0 +1,148 @@
+"""Turn a POST /v1/jobs request into a checked submission, or a 4xx naming the field.
+
+Nothing is written to Redis here: a request that fails any check leaves no
+trace. Uploads are recognised by their bytes (``tasks.media``), never by
+their name or declared content type.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Callable
+
+from flask import Request
+from jsonschema import Draft202012Validator
+
+from api.errors import BadRequest, PayloadTooLarge, UnprocessableEntity, UnsupportedMediaType
+from tasks.media import sniff_media_type
+
+__all__ = ["Submission", "parse_submission"]
+
+JSON_MEDIA_TYPE = "application/json"
+_MISSING = object()
+
+
+@dataclass(frozen=True)
+class Submission:
+    analyzer: str
+    input_bytes: bytes
+    input_media_type: str
+    params: dict[str, Any]
+
+
+SpecLookup = Callable[[str], "dict[str, Any] | None"]
+
+
+def parse_submission(request: Request, lookup_spec: SpecLookup, known_names: Callable[[], list[str]]) -> Submission:
+    mimetype = request.mimetype
+    if mimetype == "multipart/form-data":
+        fields = request.form
+        analyzer = fields.get("analyzer")
+        raw_params = fields.get("params")
+        params = _json_field(raw_params, "params") if raw_params not in (None, "") else {}
+        raw_input = fields.get("input")
+        json_input = _json_field(raw_input, "input") if raw_input not in (None, "") else _MISSING
+        upload = request.files.get("file")
+    elif mimetype == JSON_MEDIA_TYPE:
+        body = request.get_json(silent=True)
+        if body is None:
+            raise BadRequest("the body is not valid JSON", field="body", code="malformed_json")
+        if not isinstance(body, dict):
+            raise BadRequest("the body must be a JSON object", field="body")
+        analyzer = body.get("analyzer")
+        params = body.get("params", {})
+        params = {} if params is None else params
+        json_input = body.get("input", _MISSING)
+        upload = None
+    else:
+        raise UnsupportedMediaType(
+            f"send multipart/form-data or application/json, not {mimetype or 'no content type'}",
+            field="body")
+
+    spec = _analyzer_spec(analyzer, lookup_spec, known_names)
+    _check_params(params, spec)
+    if upload is not None and upload.filename:
+        if json_input is not _MISSING:
+            raise UnprocessableEntity("send either a file or an input, not both", field="input")
+        data, media_type = _check_upload(upload, spec)
+    else:
+        data, media_type = _check_json_input(json_input, spec)
+    return Submission(analyzer=spec["name"], input_bytes=data, input_media_type=media_type, params=params)
+
+
+def _json_field(raw: str, field: str) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        raise BadRequest(f"{field} is not valid JSON", field=field, code="malformed_json") from None
+
+
+def _analyzer_spec(analyzer: Any, lookup_spec: SpecLookup, known_names: Callable[[], list[str]]) -> dict[str, Any]:
+    if analyzer is None or analyzer == "":
+        raise UnprocessableEntity("analyzer is required", field="analyzer", code="missing_field")
+    if not isinstance(analyzer, str):
+        raise UnprocessableEntity("analyzer must be a string", field="analyzer")
+    spec = lookup_spec(analyzer)
+    if spec is None:
+        names = ", ".join(known_names()) or "none yet: no worker has started"
+        raise UnprocessableEntity(f"unknown analyzer {analyzer!r}; known: {names}",
+                                  field="analyzer", code="unknown_analyzer")
+    return spec
+
+
+def _check_params(params: Any, spec: dict[str, Any]) -> None:
+    if not isinstance(params, dict):
+        raise UnprocessableEntity("params must be a JSON object", field="params")
+    _validate(params, spec["params_schema"], "params")
+
+
+def _check_upload(upload, spec: dict[str, Any]) -> tuple[bytes, str]:
+    accepted = spec["media_types"]
+    if not accepted:
+        raise UnprocessableEntity(f"analyzer {spec['name']!r} takes a JSON input, not a file", field="file")
+    limit = spec["max_input_bytes"]
+    data = upload.stream.read(limit + 1)
+    if len(data) > limit:
+        raise PayloadTooLarge(f"file is over the {spec['name']!r} limit of {limit} bytes", field="file")
+    if not data:
+        raise UnprocessableEntity("file is empty", field="file")
+    media_type = sniff_media_type(data)
+    if media_type not in accepted:
+        what = media_type or "not a recognised format"
+        raise UnsupportedMediaType(
+            f"file is {what}; {spec['name']!r} accepts {', '.join(accepted)}", field="file")
+    return data, media_type
+
+
+def _check_json_input(json_input: Any, spec: dict[str, Any]) -> tuple[bytes, str]:
+    schema = spec["input_schema"]
+    if schema is None:
+        if json_input is _MISSING or json_input is None:
+            raise UnprocessableEntity(
+                f"file is required: {spec['name']!r} takes an upload of {', '.join(spec['media_types'])}",
+                field="file", code="missing_field")
+        raise UnprocessableEntity(f"analyzer {spec['name']!r} takes a file upload, not a JSON input",
+                                  field="input")
+    value = None if json_input is _MISSING else json_input
+    _validate(value, schema, "input")
+    data = json.dumps(value, separators=(",", ":")).encode()
+    if len(data) > spec["max_input_bytes"]:
+        raise PayloadTooLarge(f"input is over the {spec['name']!r} limit of {spec['max_input_bytes']} bytes",
+                              field="input")
+    return data, JSON_MEDIA_TYPE
+
+
+def _validate(value: Any, schema: dict[str, Any], field: str) -> None:
+    error = next(iter(_validator(json.dumps(schema, sort_keys=True)).iter_errors(value)), None)
+    if error is None:
+        return
+    path = ".".join(str(p) for p in error.absolute_path)
+    where = f"{field}.{path}" if path else field
+    raise UnprocessableEntity(f"{where}: {error.message}", field=where)
+
+
+@lru_cache(maxsize=256)
+def _validator(schema_json: str) -> Draft202012Validator:
+    return Draft202012Validator(json.loads(schema_json))

@@ -1,0 +1,1 @@
+"""The GPU side of gpuq: worker launcher, model runtime, built-in analyzers."""

@@ -1,0 +1,106 @@
+"""The analyzer interface: what a model must provide to be served by gpuq.
+
+An analyzer is a plain class. The worker calls ``setup(device)`` once per
+process, before it takes its first job, and ``predict(batch)`` for every batch
+of jobs. Class attributes describe it to the API (which never imports this
+code): the API reads them from the catalog the worker publishes in Redis.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
+
+__all__ = ["Analyzer", "AnalyzerError", "InvalidInput", "Item", "OutOfMemory"]
+
+ProgressFn = Callable[[int, int, str], None]
+
+
+class AnalyzerError(Exception):
+    """Raised by an analyzer when a job fails for a reason it can name.
+
+    ``code`` ends up in the job's ``error.code``; the message is shown to the
+    client as it is, so it must not carry secrets or tracebacks.
+    """
+
+    code = "analyzer_error"
+
+    def __init__(self, message: str, code: str | None = None):
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+
+class InvalidInput(AnalyzerError):
+    """Raised when the input passed the API's checks but cannot be decoded."""
+
+    code = "invalid_input"
+
+
+class OutOfMemory(AnalyzerError):
+    """Raised when the device ran out of memory for this job; never retried."""
+
+    code = "out_of_memory"
+
+
+@dataclass
+class Item:
+    """One job's input, as ``predict`` sees it.
+
+    ``data`` is the uploaded bytes (``media_type`` then names their sniffed
+    type) or the decoded JSON ``input`` (``media_type`` is ``None``).
+    """
+
+    job_id: str
+    data: Any
+    media_type: str | None
+    params: dict[str, Any] = field(default_factory=dict)
+    report_progress: ProgressFn = lambda done, total, stage: None
+
+    def progress(self, done: int, total: int, stage: str = "") -> None:
+        """Tell the client how far this job has got (throttled by the worker)."""
+        self.report_progress(done, total, stage)
+
+
+class Analyzer:
+    """Base class for models served by gpuq. Override ``setup`` and ``predict``."""
+
+    #: Unique name; also the queue's suffix and the ``analyzer`` field of a job.
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    version: ClassVar[str] = "1"
+    #: Sniffed media types accepted as an uploaded ``file`` (empty: none).
+    media_types: ClassVar[tuple[str, ...]] = ()
+    #: JSON Schema of the JSON ``input`` field (``None``: JSON input refused).
+    input_schema: ClassVar[dict[str, Any] | None] = None
+    #: JSON Schema of ``params`` (an object).
+    params_schema: ClassVar[dict[str, Any]] = {"type": "object", "additionalProperties": False}
+    #: Largest accepted upload, in bytes.
+    max_input_bytes: ClassVar[int] = 20 * 1024 * 1024
+    #: Batching limits: the most jobs in one ``predict`` and how long to wait to fill it.
+    max_batch_size: ClassVar[int] = 1
+    max_wait_ms: ClassVar[int] = 0
+
+    def setup(self, device: str) -> None:
+        """Load the model onto ``device`` ("cpu" or "cuda:0"); called once per process."""
+
+    def predict(self, batch: list[Item]) -> list[Any]:
+        """Return one JSON-serialisable result per item, in order.
+
+        Raise ``AnalyzerError`` (or a subclass) to fail the jobs with a code.
+        """
+        raise NotImplementedError
+
+    @classmethod
+    def spec(cls) -> dict[str, Any]:
+        """The JSON description the worker publishes for the API."""
+        return {
+            "name": cls.name,
+            "description": cls.description,
+            "version": cls.version,
+            "media_types": list(cls.media_types),
+            "input_schema": cls.input_schema,
+            "params_schema": cls.params_schema,
+            "max_input_bytes": cls.max_input_bytes,
+            "batching": {"max_batch_size": cls.max_batch_size, "max_wait_ms": cls.max_wait_ms},
+        }

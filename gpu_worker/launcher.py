@@ -1,0 +1,178 @@
+"""``gpuq worker``: one Celery worker per GPU, kept alive, stopped cleanly.
+
+The launcher finds the GPUs without initialising CUDA, starts one
+``celery worker`` process tree per GPU (``CUDA_VISIBLE_DEVICES`` set to it,
+concurrency 1), restarts a worker that dies with a growing delay, and on
+SIGTERM or SIGINT asks every worker for a warm shutdown (running jobs finish)
+before it kills what is left after the grace period. With no GPU it starts
+``GPUQ_CPU_WORKERS`` CPU workers (default 1).
+
+A worker that exits before its models were ever loaded (no ready file) failed
+its set-up; after a few such failures in a row its slot is given up, and the
+launcher exits with an error once no slot is left.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gpu_worker.devices import discover_gpus
+
+__all__ = ["Launcher", "Slot", "plan_slots", "main"]
+
+log = logging.getLogger("gpuq.launcher")
+
+SETUP_FAILURES_BEFORE_GIVING_UP = 3
+_MAX_BACKOFF = 30.0
+_HEALTHY_AFTER = 60.0  # a worker up this long has its backoff reset
+
+
+@dataclass
+class Slot:
+    name: str
+    env: dict[str, str]
+    ready_file: Path
+    process: subprocess.Popen | None = None
+    started_at: float = 0.0
+    restart_at: float = 0.0
+    backoff: float = 1.0
+    setup_failures: int = 0
+    given_up: bool = False
+    history: list[int] = field(default_factory=list)
+
+
+def plan_slots(environ: dict[str, str], state_dir: Path) -> list[Slot]:
+    host = socket.gethostname()
+    gpus = discover_gpus(environ)
+    if gpus:
+        specs = [(f"gpu{gpu}@{host}", {"CUDA_VISIBLE_DEVICES": gpu, "GPUQ_DEVICE": "cuda"}) for gpu in gpus]
+    else:
+        count = int(environ.get("GPUQ_CPU_WORKERS", "1"))
+        if count < 1:
+            raise SystemExit("GPUQ_CPU_WORKERS must be at least 1")
+        specs = [(f"cpu{i}@{host}", {"CUDA_VISIBLE_DEVICES": "", "GPUQ_DEVICE": "cpu"}) for i in range(count)]
+    slots = []
+    for name, extra in specs:
+        ready = state_dir / f"{name.split('@')[0]}.ready"
+        env = {**environ, **extra, "GPUQ_WORKER_NAME": name, "GPUQ_READY_FILE": str(ready),
+               # torch.cuda.is_available() then asks NVML instead of initialising CUDA.
+               "PYTORCH_NVML_BASED_CUDA_CHECK": "1"}
+        slots.append(Slot(name=name, env=env, ready_file=ready))
+    return slots
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: SIGTERM it if the launcher itself dies."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+class Launcher:
+    def __init__(self, slots: list[Slot], *, loglevel: str = "INFO", grace: float = 60.0):
+        self.slots = slots
+        self.loglevel = loglevel
+        self.grace = grace
+        self._stopping = False
+
+    def command(self, slot: Slot) -> list[str]:
+        return [sys.executable, "-m", "celery", "-A", "gpu_worker.worker", "worker",
+                "--pool", "prefork", "--concurrency", "1", "--prefetch-multiplier", "1",
+                "--hostname", slot.name, "--loglevel", self.loglevel, "--without-mingle", "--without-gossip"]
+
+    def start(self, slot: Slot) -> None:
+        slot.ready_file.unlink(missing_ok=True)
+        slot.process = subprocess.Popen(self.command(slot), env=slot.env, start_new_session=True,
+                                        preexec_fn=_die_with_parent)
+        slot.started_at = time.monotonic()
+        log.info("started worker %s (pid %d)", slot.name, slot.process.pid)
+
+    def request_stop(self, signum: int, _frame=None) -> None:
+        if not self._stopping:
+            log.info("received %s: stopping workers (running jobs finish first)", signal.Signals(signum).name)
+        self._stopping = True
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+        for slot in self.slots:
+            self.start(slot)
+        while not self._stopping:
+            for slot in self.slots:
+                self._watch(slot)
+            if all(slot.given_up for slot in self.slots):
+                log.error("every worker failed to load its analyzers; see the messages above")
+                return 1
+            time.sleep(0.2)
+        return self._shutdown()
+
+    def _watch(self, slot: Slot) -> None:
+        now = time.monotonic()
+        if slot.given_up:
+            return
+        if slot.process is None:
+            if now >= slot.restart_at:
+                self.start(slot)
+            return
+        code = slot.process.poll()
+        if code is None:
+            if now - slot.started_at > _HEALTHY_AFTER:
+                slot.backoff = 1.0
+            return
+        slot.history.append(code)
+        slot.process = None
+        if slot.ready_file.exists():
+            slot.setup_failures = 0
+            log.warning("worker %s exited with status %d; restarting in %.0fs", slot.name, code, slot.backoff)
+        else:
+            slot.setup_failures += 1
+            if slot.setup_failures >= SETUP_FAILURES_BEFORE_GIVING_UP:
+                slot.given_up = True
+                log.error("worker %s failed to start %d times in a row; giving up on it",
+                          slot.name, slot.setup_failures)
+                return
+            log.warning("worker %s exited with status %d before it was ready; retrying in %.0fs",
+                        slot.name, code, slot.backoff)
+        slot.restart_at = now + slot.backoff
+        slot.backoff = min(slot.backoff * 2, _MAX_BACKOFF)
+
+    def _shutdown(self) -> int:
+        running = [s.process for s in self.slots if s.process is not None and s.process.poll() is None]
+        for process in running:
+            process.send_signal(signal.SIGTERM)  # Celery's warm shutdown
+        deadline = time.monotonic() + self.grace
+        for process in running:
+            try:
+                process.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("worker pid %d still running after %.0fs; killing it", process.pid, self.grace)
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        log.info("all workers stopped")
+        return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    env = dict(os.environ)
+    state_dir = Path(env.get("GPUQ_STATE_DIR") or tempfile.mkdtemp(prefix="gpuq-worker-"))
+    state_dir.mkdir(parents=True, exist_ok=True)
+    slots = plan_slots(env, state_dir)
+    job_limit = float(env.get("GPUQ_JOB_TIME_LIMIT", "3600"))
+    grace = float(env.get("GPUQ_STOP_GRACE", str(job_limit + 30)))
+    return Launcher(slots, loglevel=env.get("GPUQ_LOG_LEVEL", "INFO"), grace=grace).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

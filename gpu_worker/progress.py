@@ -1,0 +1,28 @@
+"""Writing a running job's progress to its record, at a bounded rate."""
+
+from __future__ import annotations
+
+import time
+
+from tasks.jobs import RUNNING, JobStore
+
+__all__ = ["ProgressWriter"]
+
+
+class ProgressWriter:
+    """Callable given to analyzers; writes at most every ``interval`` seconds, and the last step always."""
+
+    def __init__(self, store: JobStore, job_id: str, interval: float = 0.25):
+        self._store = store
+        self._job_id = job_id
+        self._interval = interval
+        self._last = float("-inf")
+
+    def __call__(self, done: int, total: int, stage: str = "") -> None:
+        now = time.monotonic()
+        if done < total and now - self._last < self._interval:
+            return
+        self._last = now
+        fraction = round(done / total, 4) if total else None
+        self._store.transition(self._job_id, [RUNNING], None,
+                               progress={"fraction": fraction, "stage": stage, "done": done, "total": total})

@@ -1,0 +1,77 @@
+"""Which analyzer classes a worker serves: built-ins by name, others by import path.
+
+``GPUQ_ANALYZERS`` is a comma-separated list of built-in names (``digits``) and
+import paths (``mypkg.models:Segmenter``). Every class is checked here, at
+start-up, so a broken one stops the worker with a clear message.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
+
+from gpu_worker.analyzer import Analyzer
+
+__all__ = ["BUILTINS", "DEFAULT_ANALYZERS", "AnalyzerConfigError", "resolve_analyzers"]
+
+BUILTINS = {
+    "digits": "gpu_worker.analyzers.digits:DigitsAnalyzer",
+    "simulate": "gpu_worker.analyzers.simulate:SimulateAnalyzer",
+}
+DEFAULT_ANALYZERS = "digits,simulate"
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+
+class AnalyzerConfigError(RuntimeError):
+    """Raised when an analyzer named in the configuration cannot be served."""
+
+
+def resolve_analyzers(config: str) -> list[type[Analyzer]]:
+    entries = [e.strip() for e in config.split(",") if e.strip()]
+    if not entries:
+        raise AnalyzerConfigError("GPUQ_ANALYZERS names no analyzer")
+    classes = [_import(BUILTINS.get(entry, entry)) for entry in entries]
+    names = [cls.name for cls in classes]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise AnalyzerConfigError(f"two analyzers share the name(s) {duplicates}")
+    return classes
+
+
+def _import(path: str) -> type[Analyzer]:
+    module_name, _, attr = path.partition(":")
+    if not attr:
+        raise AnalyzerConfigError(
+            f"{path!r} is neither a built-in ({', '.join(BUILTINS)}) nor an import path 'package.module:Class'")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as error:
+        raise AnalyzerConfigError(f"cannot import {module_name!r} for analyzer {path!r}: {error!r}") from error
+    cls = getattr(module, attr, None)
+    if cls is None:
+        raise AnalyzerConfigError(f"module {module_name!r} has no attribute {attr!r}")
+    _check(cls, path)
+    return cls
+
+
+def _check(cls: object, path: str) -> None:
+    if not (isinstance(cls, type) and issubclass(cls, Analyzer)):
+        raise AnalyzerConfigError(f"{path!r} is not a subclass of gpu_worker.analyzer.Analyzer")
+    if not _NAME.match(cls.name or ""):
+        raise AnalyzerConfigError(f"{path!r} needs a name of lowercase letters, digits, '-' or '_'")
+    if cls.predict is Analyzer.predict:
+        raise AnalyzerConfigError(f"{path!r} does not implement predict(batch)")
+    if not cls.media_types and cls.input_schema is None:
+        raise AnalyzerConfigError(f"{path!r} accepts neither a file (media_types) nor a JSON input (input_schema)")
+    if cls.max_batch_size < 1 or cls.max_wait_ms < 0 or cls.max_input_bytes < 1:
+        raise AnalyzerConfigError(f"{path!r} has batching or size limits out of range")
+    for label, schema in (("params_schema", cls.params_schema), ("input_schema", cls.input_schema)):
+        if schema is None:
+            continue
+        try:
+            Draft202012Validator.check_schema(schema)
+        except SchemaError as error:
+            raise AnalyzerConfigError(f"{path!r} has an invalid {label}: {error.message}") from None

@@ -1,0 +1,103 @@
+"""One worker process's runtime: its device, its loaded analyzers, its heartbeat.
+
+Built once per pool child, before the child takes a job. Loading fails loudly:
+the caller stops the worker instead of failing jobs one by one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from redis import Redis
+
+from gpu_worker.analyzer import Analyzer
+from gpu_worker.devices import describe_device
+from gpu_worker.runner import JobRunner
+from tasks import catalog
+from tasks.jobs import JobStore
+from tasks.settings import Settings
+
+__all__ = ["WorkerRuntime"]
+
+log = logging.getLogger("gpuq.worker")
+
+STARTING, READY, BUSY = "starting", "ready", "busy"
+
+
+class WorkerRuntime:
+    def __init__(self, *, name: str, settings: Settings, redis: Redis, device: str, device_label: str,
+                 analyzers: dict[str, Analyzer], runner: JobRunner):
+        self.name = name
+        self.settings = settings
+        self.redis = redis
+        self.device = device
+        self.device_label = device_label
+        self.analyzers = analyzers
+        self.runner = runner
+        self.state = STARTING
+        self.current_job: str | None = None
+        self._stop = threading.Event()
+        self._heartbeat: threading.Thread | None = None
+
+    @classmethod
+    def start(cls, *, name: str, settings: Settings, backend: Any, analyzer_classes: list[type[Analyzer]],
+              environ: dict[str, str]) -> "WorkerRuntime":
+        device, label = describe_device(environ.get("GPUQ_DEVICE", "cpu"))
+        analyzers: dict[str, Analyzer] = {}
+        for cls_ in analyzer_classes:
+            began = time.perf_counter()
+            analyzer = cls_()
+            analyzer.setup(device)
+            analyzers[cls_.name] = analyzer
+            log.info("%s: analyzer %r ready on %s in %.2fs", name, cls_.name, label, time.perf_counter() - began)
+        redis = Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=5,
+                               health_check_interval=30)
+        store = JobStore(redis, result_ttl=settings.result_ttl, tombstone_ttl=settings.tombstone_ttl,
+                         input_ttl=settings.input_ttl)
+        runner = JobRunner(store, backend, analyzers, worker=name, device_label=label,
+                           max_attempts=settings.max_attempts, lock_ttl=settings.job_time_limit + 120)
+        runtime = cls(name=name, settings=settings, redis=redis, device=device, device_label=label,
+                      analyzers=analyzers, runner=runner)
+        catalog.publish_analyzers(redis, [type(a).spec() for a in analyzers.values()])
+        runtime.state = READY
+        runtime._beat()
+        runtime._heartbeat = threading.Thread(target=runtime._beat_forever, name="gpuq-heartbeat", daemon=True)
+        runtime._heartbeat.start()
+        ready_file = environ.get("GPUQ_READY_FILE")
+        if ready_file:
+            Path(ready_file).write_text(str(os.getpid()))
+        return runtime
+
+    def run(self, job_id: str) -> None:
+        self.state, self.current_job = BUSY, job_id
+        try:
+            self.runner.run(job_id)
+        finally:
+            self.state, self.current_job = READY, None
+
+    def stop(self) -> None:
+        self._stop.set()
+        try:
+            catalog.forget_worker(self.redis, self.name)
+        except Exception:  # Redis may already be gone at shutdown; the heartbeat expires anyway
+            pass
+
+    def info(self) -> dict[str, Any]:
+        return {"name": self.name, "state": self.state, "device": self.device_label, "pid": os.getpid(),
+                "analyzers": sorted(self.analyzers), "job": self.current_job, "heartbeat_at": time.time()}
+
+    def _beat(self) -> None:
+        catalog.publish_heartbeat(self.redis, self.name, self.info(), self.settings.heartbeat_ttl)
+
+    def _beat_forever(self) -> None:
+        interval = max(1.0, self.settings.heartbeat_ttl / 3)
+        while not self._stop.wait(interval):
+            try:
+                self._beat()
+            except Exception as error:  # Redis away for a moment: keep beating once it is back
+                log.warning("%s: heartbeat failed: %s", self.name, error)

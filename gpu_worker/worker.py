@@ -1,0 +1,109 @@
+"""The Celery worker side: the task body of ``gpuq.run`` and the process hooks.
+
+Run as ``celery -A gpu_worker.worker worker -P prefork -c 1`` (the launcher
+does this, one per GPU). The parent process never loads a model nor touches
+CUDA; each pool child loads the analyzers in ``worker_process_init``, before
+it is handed a job. A child that cannot load them stops the whole worker with
+a clear message, rather than failing jobs one by one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import sys
+
+from functools import lru_cache
+
+from billiard.exceptions import WorkerLostError
+from celery import signals
+from celery.exceptions import TimeLimitExceeded
+from kombu import Queue
+from redis import Redis
+
+from gpu_worker.registry import DEFAULT_ANALYZERS, resolve_analyzers
+from gpu_worker.runtime import WorkerRuntime
+from tasks.app import RUN_TASK, create_celery, queue_for
+from tasks.jobs import CANCELED, CANCELING, FAILED, RUNNING, JobStore
+from tasks.settings import Settings
+
+__all__ = ["EXIT_SETUP_FAILED", "app"]
+
+log = logging.getLogger("gpuq.worker")
+
+#: Exit status of a pool child whose models failed to load.
+EXIT_SETUP_FAILED = 78
+
+app = create_celery()
+_settings = Settings.from_env()
+# Importing the analyzer classes here, in the parent, checks them before any
+# child forks and names the queues to consume (one per analyzer). Importing
+# is fine; only loading a model or touching CUDA belongs to the child.
+_analyzer_classes = resolve_analyzers(os.environ.get("GPUQ_ANALYZERS", DEFAULT_ANALYZERS))
+app.conf.task_queues = [Queue(queue_for(cls.name)) for cls in _analyzer_classes]
+_runtime: WorkerRuntime | None = None
+
+
+def worker_name() -> str:
+    return os.environ.get("GPUQ_WORKER_NAME") or f"cpu0@{socket.gethostname()}"
+
+
+@app.task(name=RUN_TASK, bind=True, ignore_result=True, acks_late=True,
+          retry_on_worker_lost=True, max_retries=_settings.max_attempts - 1, default_retry_delay=1)
+def run_job(self, job_id: str) -> None:
+    if _runtime is None:
+        raise RuntimeError("gpuq.run needs the prefork pool: models load in worker_process_init")
+    _runtime.run(job_id)
+
+
+@signals.worker_process_init.connect
+def _load_models(**_) -> None:
+    global _runtime
+    name = worker_name()
+    try:
+        _runtime = WorkerRuntime.start(name=name, settings=_settings, backend=app.backend,
+                                       analyzer_classes=_analyzer_classes, environ=dict(os.environ))
+    except BaseException as error:
+        log.critical("gpuq worker %s cannot start: loading its analyzers failed: %s: %s",
+                     name, type(error).__name__, error, exc_info=True)
+        print(f"gpuq worker {name}: analyzer setup failed: {type(error).__name__}: {error}",
+              file=sys.stderr, flush=True)
+        # Stop the whole worker: a parent left running would fork a new child
+        # that fails the same way, forever.
+        os.kill(os.getppid(), signal.SIGTERM)
+        os._exit(EXIT_SETUP_FAILED)
+
+
+@signals.worker_process_shutdown.connect
+def _stop_runtime(**_) -> None:
+    if _runtime is not None:
+        _runtime.stop()
+
+
+@lru_cache(maxsize=1)
+def _parent_store() -> JobStore:
+    """A store for the parent process, which records what its child could not."""
+    redis = Redis.from_url(_settings.redis_url, socket_timeout=10, socket_connect_timeout=5)
+    return JobStore(redis, result_ttl=_settings.result_ttl, tombstone_ttl=_settings.tombstone_ttl,
+                    input_ttl=_settings.input_ttl)
+
+
+@signals.task_revoked.connect
+def _record_cancel(request=None, terminated=False, **_) -> None:
+    if request is not None:
+        _parent_store().finish(request.id, CANCELED, [CANCELING, RUNNING])
+
+
+@signals.task_failure.connect
+def _record_lost_or_timed_out(task_id=None, exception=None, **_) -> None:
+    # Sent in the parent when the child died or hit the hard limit: the child
+    # could not write the record itself.
+    if isinstance(exception, WorkerLostError):
+        code, message = "worker_lost", f"the process running the job died: {exception}"
+    elif isinstance(exception, TimeLimitExceeded):
+        code, message = "timeout", f"the job ran past its hard time limit ({_settings.job_time_limit}s)"
+    else:
+        return
+    _parent_store().finish(task_id, FAILED, [RUNNING, CANCELING], error={"code": code, "message": message})

@@ -1,0 +1,1 @@
+"""gpuq's command line and local tooling (the server side lives in api/, tasks/, gpu_worker/)."""

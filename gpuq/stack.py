@@ -1,0 +1,107 @@
+"""``gpuq up``: the whole stack on this machine, without Docker.
+
+Redis (``GPUQ_REDIS_URL`` if set, else a local redis-server with AOF under
+``.gpuq/``), the API under gunicorn, the worker launcher and Flower, each a
+child process. Ctrl-C or SIGTERM stops them all, workers last but one so
+running jobs can finish, Redis last. If any part dies, the rest is stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from gpuq.redis_server import RedisServer
+
+__all__ = ["run_stack"]
+
+_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _start(name: str, command: list[str], env: dict[str, str]) -> subprocess.Popen:
+    print(f"gpuq up: starting {name}: {' '.join(command)}", flush=True)
+    return subprocess.Popen(command, env=env, cwd=_ROOT, start_new_session=True)
+
+
+def _wait_ready(url: str, children: dict[str, subprocess.Popen], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(p.poll() is not None for p in children.values()):
+            return False
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.5)
+    return False
+
+
+def run_stack(environ: dict[str, str] | None = None) -> int:
+    env = dict(os.environ if environ is None else environ)
+    state = Path(env.get("GPUQ_STATE_DIR", _ROOT / ".gpuq"))
+    api_port = env.setdefault("GPUQ_API_PORT", "8000")
+    flower_port = env.setdefault("GPUQ_FLOWER_PORT", "5555")
+    env.setdefault("GPUQ_STATE_DIR", str(state / "workers"))
+
+    redis = None
+    if not env.get("GPUQ_REDIS_URL"):
+        redis = RedisServer(state / "redis", port=int(env.get("GPUQ_REDIS_PORT", "6390"))).start()
+        env["GPUQ_REDIS_URL"] = redis.url
+        print(f"gpuq up: redis-server on {redis.url} (AOF in {redis.directory})", flush=True)
+
+    python = sys.executable
+    children: dict[str, subprocess.Popen] = {}
+    stopping = False
+
+    def request_stop(signum, _frame):
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    code = 0
+    try:
+        children["api"] = _start("api", [python, "-m", "gunicorn", "-c", str(_ROOT / "gunicorn.conf.py")], env)
+        children["workers"] = _start("workers", [python, "-m", "gpu_worker.launcher"], env)
+        flower_cmd = [python, "-m", "celery", "-A", "tasks.celery_app", "flower",
+                      "--address=127.0.0.1", f"--port={flower_port}", "--persistent=True",
+                      f"--db={state / 'flower.db'}"]
+        if not env.get("FLOWER_BASIC_AUTH"):
+            print("gpuq up: FLOWER_BASIC_AUTH is not set: Flower runs without a password on loopback only",
+                  flush=True)
+        children["flower"] = _start("flower", flower_cmd, env)
+
+        ready_url = f"http://127.0.0.1:{api_port}/readyz"
+        if _wait_ready(ready_url, children, float(env.get("GPUQ_UP_TIMEOUT", "300"))):
+            print(f"gpuq up: ready. API http://127.0.0.1:{api_port}  Flower http://127.0.0.1:{flower_port}  "
+                  f"(Ctrl-C stops everything)", flush=True)
+        elif not stopping:
+            print(f"gpuq up: not ready yet; see {ready_url} for the reasons", flush=True)
+        while not stopping:
+            dead = [name for name, p in children.items() if p.poll() is not None]
+            if dead:
+                print(f"gpuq up: {', '.join(dead)} stopped unexpectedly; stopping the rest", flush=True)
+                code = 1
+                break
+            time.sleep(0.5)
+    finally:
+        for name in ("api", "flower", "workers"):
+            process = children.get(name)
+            if process and process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(timeout=float(env.get("GPUQ_STOP_GRACE", "60")))
+                except subprocess.TimeoutExpired:
+                    os.killpg(process.pid, signal.SIGKILL)
+                    process.wait()
+        if redis is not None:
+            redis.stop()
+        print("gpuq up: stopped", flush=True)
+    return code

@@ -1,0 +1,25 @@
+"""Production serving of the API: ``gunicorn -c gunicorn.conf.py``.
+
+gthread workers: a long-poll (``?wait=``) holds a thread, not a process, so
+threads keep the API answering while clients wait. Settings come from the
+environment like everything else.
+"""
+
+import multiprocessing
+import os
+
+wsgi_app = "api:create_app()"
+bind = os.environ.get("GPUQ_API_BIND", f"{os.environ.get('GPUQ_API_HOST', '127.0.0.1')}:"
+                                      f"{os.environ.get('GPUQ_API_PORT', '8000')}")
+worker_class = "gthread"
+workers = int(os.environ.get("GPUQ_API_WORKERS", min(4, multiprocessing.cpu_count())))
+threads = int(os.environ.get("GPUQ_API_THREADS", "8"))
+# Long-polls last up to 30 s; the timeout must sit well above that.
+timeout = 60
+graceful_timeout = 30
+keepalive = 5
+accesslog = os.environ.get("GPUQ_API_ACCESS_LOG", "-") or None  # empty: no access log
+errorlog = "-"
+# Build the app (and fail on bad settings) in the master, before forking.
+preload_app = True
+control_socket_disable = True

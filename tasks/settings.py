@@ -1,0 +1,58 @@
+"""The project's own settings, read once from ``GPUQ_*`` environment variables.
+
+Celery's keys live in ``celeryconfig.py``; this object holds what the API and
+the workers need beyond them. A malformed value raises ``SettingsError``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from typing import Mapping
+
+__all__ = ["Settings", "SettingsError"]
+
+
+class SettingsError(RuntimeError):
+    """Raised when an environment variable is missing or malformed."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    redis_url: str
+    #: How long a finished job's result stays readable (then 410).
+    result_ttl: int = 86400
+    #: How long an uploaded input waits for its job to run.
+    input_ttl: int = 86400
+    #: How long a finished job keeps answering 410 rather than 404.
+    tombstone_ttl: int = 7 * 86400
+    #: Largest request body the API reads at all, in bytes.
+    max_request_bytes: int = 64 * 1024 * 1024
+    #: Attempts before a job whose worker keeps dying is failed.
+    max_attempts: int = 3
+    #: Hard time limit of one job, in seconds (also in celeryconfig).
+    job_time_limit: int = 3600
+    #: Longest ``?wait=`` a client may ask for, in seconds.
+    max_wait: float = 30.0
+    #: Seconds a worker's heartbeat stays valid.
+    heartbeat_ttl: int = 15
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> "Settings":
+        env = os.environ if environ is None else environ
+        values: dict = {}
+        for f in fields(cls):
+            raw = env.get("GPUQ_" + f.name.upper(), "").strip()
+            if f.name in overrides or not raw:
+                continue
+            kind = float if f.type == "float" else int if f.type == "int" else str
+            try:
+                values[f.name] = kind(raw)
+            except ValueError:
+                raise SettingsError(f"GPUQ_{f.name.upper()}={raw!r} is not a valid {kind.__name__}") from None
+            if kind is not str and values[f.name] <= 0:
+                raise SettingsError(f"GPUQ_{f.name.upper()}={raw!r} must be positive")
+        values.update(overrides)
+        if not values.get("redis_url"):
+            raise SettingsError("GPUQ_REDIS_URL is not set: give the Redis URL, e.g. redis://127.0.0.1:6379/0")
+        return cls(**values)

@@ -1,0 +1,60 @@
+"""Session-wide real parts: a redis-server on a free port, workers, the API.
+
+Nothing here touches the machine's own Redis on 6379.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import redis as redis_lib
+
+from gpuq.redis_server import RedisServer
+from tests.stack import base_env, start_api, start_workers, wait_for_workers
+
+
+@pytest.fixture(scope="session")
+def artifacts(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("artifacts")
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_client(redis_server):
+    client = redis_lib.Redis.from_url(redis_server.url)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def stack_env(redis_server) -> dict[str, str]:
+    return base_env(redis_server.url, GPUQ_ANALYZERS="digits,simulate,tests.fixtures.analyzers:Echo",
+                    GPUQ_MAX_REQUEST_BYTES=str(4 * 1024 * 1024))
+
+
+@pytest.fixture(scope="session")
+def workers(stack_env, artifacts, redis_server):
+    process = start_workers(stack_env, artifacts)
+    wait_for_workers(redis_server.url, {"digits", "simulate", "echo"}, process)
+    yield process
+    process.stop(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def api_server(stack_env, artifacts, workers):
+    """(process, base URL) of the API, served by gunicorn with the repo's production config."""
+    process, url = start_api(stack_env, artifacts)
+    yield process, url
+    process.stop()
+
+
+@pytest.fixture(scope="session")
+def api(api_server) -> str:
+    return api_server[1]

@@ -1,0 +1,109 @@
+"""Real processes for tests: the API under gunicorn and workers under the launcher."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import redis
+import requests
+
+from gpuq.redis_server import free_port
+from tasks import catalog
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def base_env(redis_url: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GPUQ_")}
+    env.update({
+        "GPUQ_REDIS_URL": redis_url,
+        "GPUQ_GPUS": "none",
+        "GPUQ_LOG_LEVEL": "INFO",
+        "PYTHONPATH": str(ROOT),
+        "PYTHONUNBUFFERED": "1",
+    })
+    env.update(extra)
+    return env
+
+
+class Process:
+    def __init__(self, command: list[str], env: dict[str, str], log: Path):
+        self.log_path = log
+        self._log = open(log, "wb")
+        self.popen = subprocess.Popen(command, env=env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
+                                      start_new_session=True)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def output(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 20) -> int:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait()
+        self._log.close()
+        return self.popen.returncode
+
+
+def start_api(env: dict[str, str], log_dir: Path, workers: int = 2) -> tuple[Process, str]:
+    port = free_port()
+    env = {**env, "GPUQ_API_PORT": str(port), "GPUQ_API_WORKERS": str(workers), "GPUQ_API_ACCESS_LOG": "",
+           "GPUQ_API_HOST": "127.0.0.1"}
+    process = Process([sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py")], env,
+                      log_dir / f"api-{port}.log")
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.popen.poll() is not None:
+            raise RuntimeError(f"API exited at start:\n{process.output()}")
+        try:
+            if requests.get(url + "/healthz", timeout=1).status_code == 200:
+                return process, url
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"API did not start:\n{process.output()}")
+
+
+def start_workers(env: dict[str, str], log_dir: Path, name: str = "workers") -> Process:
+    return Process([sys.executable, "-m", "gpu_worker.launcher"], {**env, "GPUQ_STATE_DIR": str(log_dir / name)},
+                   log_dir / f"{name}.log")
+
+
+def wait_for_workers(redis_url: str, analyzers: set[str], process: Process | None = None, count: int = 1,
+                     timeout: float = 90) -> list[dict]:
+    client = redis.Redis.from_url(redis_url)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        live = [w for w in catalog.live_workers(client) if w["state"] in ("ready", "busy")]
+        serving = [w for w in live if analyzers <= set(w["analyzers"])]
+        if len(serving) >= count:
+            return serving
+        if process is not None and process.popen.poll() is not None:
+            raise RuntimeError(f"workers exited:\n{process.output()}")
+        time.sleep(0.1)
+    raise RuntimeError(f"no worker serving {analyzers} came up" + (f":\n{process.output()}" if process else ""))
+
+
+def wait_for_status(url: str, job_id: str, statuses: set[str], timeout: float = 30) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        job = requests.get(f"{url}/v1/jobs/{job_id}", timeout=5).json()
+        if job["status"] in statuses:
+            return job
+        if time.monotonic() > deadline:
+            raise AssertionError(f"job {job_id} stayed {job['status']}: {job}")
+        time.sleep(0.05)
