@@ -37,7 +37,7 @@ SpecLookup = Callable[[str], "dict[str, Any] | None"]
 
 def parse_submission(request: Request, lookup_spec: SpecLookup, known_names: Callable[[], list[str]]) -> Submission:
     mimetype = request.mimetype
-    if mimetype == "multipart/form-data":
+    if mimetype in ("multipart/form-data", "application/x-www-form-urlencoded"):
         fields = request.form
         analyzer = fields.get("analyzer")
         raw_params = fields.get("params")
@@ -58,7 +58,8 @@ def parse_submission(request: Request, lookup_spec: SpecLookup, known_names: Cal
         upload = None
     else:
         raise UnsupportedMediaType(
-            f"send multipart/form-data or application/json, not {mimetype or 'no content type'}",
+            f"send multipart/form-data (or a url-encoded form) or application/json, "
+            f"not {mimetype or 'no content type'}",
             field="body")
 
     spec = _analyzer_spec(analyzer, lookup_spec, known_names)

@@ -34,16 +34,15 @@ def base_env(redis_url: str, **extra: str) -> dict[str, str]:
 class Process:
     def __init__(self, command: list[str], env: dict[str, str], log: Path):
         self.log_path = log
-        self._log = open(log, "wb")
-        self.popen = subprocess.Popen(command, env=env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
-                                      start_new_session=True)
+        with open(log, "wb") as sink:  # the child keeps its own descriptor
+            self.popen = subprocess.Popen(command, env=env, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT,
+                                          start_new_session=True)
 
     @property
     def pid(self) -> int:
         return self.popen.pid
 
     def output(self) -> str:
-        self._log.flush()
         return self.log_path.read_text(errors="replace")
 
     def stop(self, timeout: float = 20) -> int:
@@ -54,7 +53,6 @@ class Process:
             except subprocess.TimeoutExpired:
                 os.killpg(self.popen.pid, signal.SIGKILL)
                 self.popen.wait()
-        self._log.close()
         return self.popen.returncode
 
 

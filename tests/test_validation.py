@@ -1,0 +1,135 @@
+"""Bad input gets a 4xx naming the field at fault, and nothing is enqueued."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+import requests
+
+
+@pytest.fixture
+def nothing_enqueued(redis_client):
+    """Asserts, after the test, that no job record, input or message was written."""
+    def snapshot():
+        return (sorted(redis_client.scan_iter("gpuq:job:*")), sorted(redis_client.scan_iter("gpuq:input:*")),
+                {q: redis_client.llen(q) for q in ("gpuq.digits", "gpuq.simulate", "gpuq.echo")})
+    before = snapshot()
+    yield
+    assert snapshot() == before
+
+
+def error_of(response, status: int) -> dict:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"} and {"code", "message", "field"} <= set(body["error"])
+    assert "Traceback" not in response.text
+    return body["error"]
+
+
+def post_file(api, data: bytes, analyzer: str = "digits", **form):
+    return requests.post(f"{api}/v1/jobs", data={"analyzer": analyzer, **form},
+                         files={"file": ("upload.png", io.BytesIO(data), "image/png")}, timeout=10)
+
+
+def test_unknown_analyzer(api, nothing_enqueued):
+    error = error_of(requests.post(f"{api}/v1/jobs", json={"analyzer": "resnet9000"}, timeout=5), 422)
+    assert error["field"] == "analyzer" and "resnet9000" in error["message"] and "digits" in error["message"]
+
+
+def test_missing_analyzer(api, nothing_enqueued):
+    error = error_of(requests.post(f"{api}/v1/jobs", json={"input": {}}, timeout=5), 422)
+    assert error["field"] == "analyzer"
+
+
+def test_missing_file(api, nothing_enqueued):
+    error = error_of(requests.post(f"{api}/v1/jobs", data={"analyzer": "digits"}, timeout=5), 422)
+    assert error["field"] == "file"
+
+
+def test_bytes_that_are_not_an_image(api, nothing_enqueued):
+    error = error_of(post_file(api, b"GIF89a this is not a png at all"), 415)
+    assert error["field"] == "file" and "image/png" in error["message"]
+
+
+def test_upload_over_the_analyzer_limit(api, nothing_enqueued):
+    # simulate takes at most 64 KiB of input.
+    big = {"blob": "x" * 70_000}
+    error = error_of(requests.post(f"{api}/v1/jobs", json={"analyzer": "simulate", "input": big}, timeout=5), 413)
+    assert error["field"] == "input"
+
+
+def test_upload_over_the_server_limit(api, nothing_enqueued):
+    # The test stack sets GPUQ_MAX_REQUEST_BYTES to 4 MiB.
+    error = error_of(post_file(api, b"\x89PNG\r\n\x1a\n" + b"\0" * (5 * 1024 * 1024)), 413)
+    assert error["field"] == "file"
+
+
+def test_malformed_json_body(api, nothing_enqueued):
+    response = requests.post(f"{api}/v1/jobs", data='{"analyzer": "simulate",',
+                             headers={"Content-Type": "application/json"}, timeout=5)
+    assert error_of(response, 400)["field"] == "body"
+
+
+def test_body_that_is_not_an_object(api, nothing_enqueued):
+    response = requests.post(f"{api}/v1/jobs", json=["simulate"], timeout=5)
+    assert error_of(response, 400)["field"] == "body"
+
+
+def test_params_of_the_wrong_type(api, nothing_enqueued):
+    response = requests.post(f"{api}/v1/jobs", json={"analyzer": "simulate", "params": {"seconds": "ten"}},
+                             timeout=5)
+    error = error_of(response, 422)
+    assert error["field"] == "params.seconds" and "number" in error["message"]
+
+
+def test_unknown_param(api, nothing_enqueued):
+    response = requests.post(f"{api}/v1/jobs", json={"analyzer": "simulate", "params": {"sconds": 1}}, timeout=5)
+    assert error_of(response, 422)["field"] == "params"
+
+
+def test_params_not_an_object(api, nothing_enqueued):
+    response = requests.post(f"{api}/v1/jobs", json={"analyzer": "simulate", "params": [1]}, timeout=5)
+    assert error_of(response, 422)["field"] == "params"
+
+
+def test_multipart_params_that_are_not_json(api, nothing_enqueued):
+    png = b"\x89PNG\r\n\x1a\n" + b"\0" * 100
+    assert error_of(post_file(api, png, params="{dataset: frames"), 400)["field"] == "params"
+
+
+def test_json_input_to_a_file_analyzer(api, nothing_enqueued):
+    response = requests.post(f"{api}/v1/jobs", json={"analyzer": "digits", "input": [[0] * 8] * 8}, timeout=5)
+    assert error_of(response, 422)["field"] == "input"
+
+
+def test_input_that_breaks_the_schema(api, nothing_enqueued):
+    response = requests.post(f"{api}/v1/jobs", json={"analyzer": "echo", "input": "a string"}, timeout=5)
+    assert error_of(response, 422)["field"] == "input"
+
+
+def test_unsupported_content_type(api, nothing_enqueued):
+    response = requests.post(f"{api}/v1/jobs", data="analyzer=simulate",
+                             headers={"Content-Type": "text/plain"}, timeout=5)
+    assert error_of(response, 415)["field"] == "body"
+
+
+@pytest.mark.parametrize("wait", ["soon", "-1", "3600"])
+def test_bad_wait(api, wait):
+    error = error_of(requests.get(f"{api}/v1/jobs/x?wait={wait}", timeout=5), 400)
+    assert error["field"] == "wait"
+
+
+def test_npy_upload_is_accepted_by_its_bytes_whatever_its_name(api):
+    buffer = io.BytesIO()
+    np.save(buffer, np.zeros((8, 8), dtype=np.float32))
+    response = post_file(api, buffer.getvalue())  # sent as "upload.png" with image/png
+    assert response.status_code == 202, response.text
+    assert json.loads(response.text)["status"] == "queued"
+
+
+def test_unknown_route_is_json_404(api):
+    error = error_of(requests.get(f"{api}/v2/nothing", timeout=5), 404)
+    assert error["code"] == "not_found"
