@@ -20,7 +20,7 @@ from functools import lru_cache
 from billiard.exceptions import WorkerLostError
 from celery import signals
 from celery.exceptions import TimeLimitExceeded
-from kombu import Queue
+from kombu import Exchange, Queue
 from redis import Redis
 
 from gpu_worker.registry import DEFAULT_ANALYZERS, resolve_analyzers
@@ -42,7 +42,8 @@ _settings = Settings.from_env()
 # child forks and names the queues to consume (one per analyzer). Importing
 # is fine; only loading a model or touching CUDA belongs to the child.
 _analyzer_classes = resolve_analyzers(os.environ.get("GPUQ_ANALYZERS", DEFAULT_ANALYZERS))
-app.conf.task_queues = [Queue(queue_for(cls.name)) for cls in _analyzer_classes]
+app.conf.task_queues = [Queue(queue_for(cls.name), Exchange(queue_for(cls.name)), routing_key=queue_for(cls.name))
+                         for cls in _analyzer_classes]
 _runtime: WorkerRuntime | None = None
 
 
