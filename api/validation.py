@@ -8,9 +8,10 @@ their name or declared content type.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Callable
+from typing import Any
 
 from flask import Request
 from jsonschema import Draft202012Validator

@@ -8,8 +8,9 @@ code): the API reads them from the catalog the worker publishes in Redis.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 __all__ = ["Analyzer", "AnalyzerError", "InvalidInput", "Item", "OutOfMemory"]
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 from tasks.jobs import RUNNING, JobStore
 
 __all__ = ["ProgressWriter"]
+
+log = logging.getLogger("gpuq.progress")
 
 
 class ProgressWriter:
@@ -24,5 +27,8 @@ class ProgressWriter:
             return
         self._last = now
         fraction = round(done / total, 4) if total else None
-        self._store.transition(self._job_id, [RUNNING], None,
-                               progress={"fraction": fraction, "stage": stage, "done": done, "total": total})
+        try:
+            self._store.transition(self._job_id, [RUNNING], None,
+                                   progress={"fraction": fraction, "stage": stage, "done": done, "total": total})
+        except Exception as error:  # progress is a courtesy: losing one update must not fail the job
+            log.warning("job %s: progress update lost: %s", self._job_id, error)

@@ -46,7 +46,7 @@ class WorkerRuntime:
 
     @classmethod
     def start(cls, *, name: str, settings: Settings, backend: Any, analyzer_classes: list[type[Analyzer]],
-              environ: dict[str, str]) -> "WorkerRuntime":
+              environ: dict[str, str]) -> WorkerRuntime:
         device, label = describe_device(environ.get("GPUQ_DEVICE", "cpu"))
         analyzers: dict[str, Analyzer] = {}
         for cls_ in analyzer_classes:

@@ -14,7 +14,6 @@ import os
 import signal
 import socket
 import sys
-
 from functools import lru_cache
 
 from billiard.exceptions import WorkerLostError

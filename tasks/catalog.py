@@ -47,7 +47,7 @@ def live_workers(redis: Redis) -> list[dict[str, Any]]:
     if not names:
         return []
     infos = redis.mget([keys.worker(n) for n in names])
-    dead = [n for n, info in zip(names, infos) if info is None]
+    dead = [n for n, info in zip(names, infos, strict=False) if info is None]
     if dead:
         redis.srem(keys.WORKERS, *dead)
     return [json.loads(info) for info in infos if info is not None]

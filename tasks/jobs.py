@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 from redis import Redis
 
@@ -77,7 +78,7 @@ class JobRecord:
         return self.status in TERMINAL
 
     @classmethod
-    def from_hash(cls, raw: dict[bytes, bytes]) -> "JobRecord":
+    def from_hash(cls, raw: dict[bytes, bytes]) -> JobRecord:
         data = {k.decode(): v.decode() for k, v in raw.items()}
         known = set(cls.__dataclass_fields__)
         values: dict[str, Any] = {}

@@ -7,8 +7,8 @@ the workers need beyond them. A malformed value raises ``SettingsError``.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Mapping
 
 __all__ = ["Settings", "SettingsError"]
 
@@ -38,7 +38,7 @@ class Settings:
     heartbeat_ttl: int = 15
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> "Settings":
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> Settings:
         env = os.environ if environ is None else environ
         values: dict = {}
         for f in fields(cls):

@@ -35,6 +35,6 @@ def test_eight_two_second_jobs_on_one_worker(api):
     assert [j["status"] for j in jobs] == ["succeeded"] * 8
     assert sorted(j["result"]["input"]["n"] for j in jobs) == list(range(8))
     spans = sorted((_ts(j["started_at"]), _ts(j["finished_at"])) for j in jobs)
-    for (_, previous_end), (start, _) in zip(spans, spans[1:]):
+    for (_, previous_end), (start, _) in zip(spans, spans[1:], strict=False):
         assert start >= previous_end - 0.001, "two jobs ran at the same time on a concurrency-1 worker"
     assert spans[-1][1] - spans[0][0] >= 16 - 0.1
