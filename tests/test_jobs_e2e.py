@@ -118,3 +118,12 @@ def test_health_and_readiness(api):
     ready = requests.get(f"{api}/readyz", timeout=5)
     assert ready.status_code == 200, ready.text
     assert ready.json()["ready"] is True
+
+
+def test_expired_result_answers_410_not_404(api, redis_client):
+    job = submit(api, "simulate", params={"seconds": 0})
+    assert requests.get(f"{api}/v1/jobs/{job['id']}?wait=20", timeout=30).json()["status"] == "succeeded"
+    # Age the record as the result TTL would.
+    redis_client.hset(f"gpuq:job:{job['id']}", "expires_at", repr(time.time() - 1))
+    response = requests.get(f"{api}/v1/jobs/{job['id']}", timeout=5)
+    assert response.status_code == 410 and response.json()["error"]["code"] == "expired"
