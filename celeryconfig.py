@@ -76,6 +76,9 @@ result_backend_transport_options = {
 }
 redis_socket_timeout = _socket_timeout
 redis_socket_connect_timeout = _socket_timeout
+# A result write while Redis restarts waits for it rather than losing the result.
+result_backend_always_retry = True
+result_backend_max_retries = 60
 broker_connection_retry_on_startup = True
 broker_connection_max_retries = None  # keep trying: Redis coming back must not need a restart
 

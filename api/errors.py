@@ -15,7 +15,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 __all__ = ["ApiError", "BadRequest", "Conflict", "Gone", "NotFound", "PayloadTooLarge",
-           "ServiceUnavailable", "UnprocessableEntity", "UnsupportedMediaType", "register_error_handlers"]
+           "ServiceUnavailable", "TooManyRequests", "UnprocessableEntity", "UnsupportedMediaType",
+           "register_error_handlers"]
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,15 @@ class Conflict(ApiError):
     status, code = 409, "conflict"
 
 
+class TooManyRequests(ApiError):
+    """Raised when the analyzer's queue is full; the client should retry later."""
+    status, code = 429, "queue_full"
+
+    def __init__(self, message: str, retry_after: int, field: str | None = None):
+        super().__init__(message, field=field)
+        self.retry_after = retry_after
+
+
 class ServiceUnavailable(ApiError):
     """Raised when Redis cannot be reached."""
     status, code = 503, "unavailable"
@@ -85,7 +95,8 @@ def _respond(error: ApiError, headers: dict | None = None):
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def _api_error(error: ApiError):
-        return _respond(error)
+        retry_after = getattr(error, "retry_after", None)
+        return _respond(error, {"Retry-After": str(retry_after)} if retry_after else None)
 
     @app.errorhandler(RequestEntityTooLarge)
     def _too_large(error):

@@ -6,31 +6,48 @@ import time
 
 from flask import Blueprint, request
 
-from api.errors import BadRequest, Conflict, Gone, NotFound
+from api.errors import BadRequest, Conflict, Gone, NotFound, TooManyRequests, UnprocessableEntity
 from api.render import job_object
 from api.services import services
 from api.validation import parse_submission
 from api.waiting import wait_for_terminal
 from tasks.jobs import CANCELED, CANCELING, QUEUED, RUNNING, SUCCEEDED, JobRecord
-from tasks.submission import submit_job
+from tasks.submission import IdempotencyConflict, QueueFull, submit_job
 
 __all__ = ["jobs"]
 
 jobs = Blueprint("jobs", __name__)
 
+#: Seconds a client is asked to wait when a queue is full.
+_RETRY_AFTER_FULL = 5
+_IDEMPOTENCY_KEY_MAX = 255
+
 
 @jobs.post("/v1/jobs")
 def create_job():
     svc = services()
+    idempotency_key = _idempotency_key()
     submission = parse_submission(request, svc.analyzers.get, svc.analyzers.names)
-    record = submit_job(
-        svc.jobs, svc.celery,
-        analyzer=submission.analyzer,
-        input_bytes=submission.input_bytes,
-        input_media_type=submission.input_media_type,
-        params=submission.params,
-    )
-    return job_object(record), 202, {"Location": f"/v1/jobs/{record.id}"}
+    limit = svc.queue_limits.get(submission.analyzer, submission.spec.get("max_queue_depth", 0))
+    try:
+        accepted = submit_job(
+            svc.jobs, svc.celery,
+            analyzer=submission.analyzer,
+            input_bytes=submission.input_bytes,
+            input_media_type=submission.input_media_type,
+            params=submission.params,
+            max_queue_depth=limit,
+            idempotency_key=idempotency_key,
+        )
+    except QueueFull as full:
+        raise TooManyRequests(f"{full}; retry later", retry_after=_RETRY_AFTER_FULL, field="analyzer") from None
+    except IdempotencyConflict as conflict:
+        raise UnprocessableEntity(str(conflict), field="Idempotency-Key", code="idempotency_key_reused") from None
+    headers = {"Location": f"/v1/jobs/{accepted.job_id}"}
+    if accepted.replayed:
+        headers["Idempotent-Replayed"] = "true"
+        return job_object(_existing(svc.jobs.get(accepted.job_id), accepted.job_id)), 202, headers
+    return job_object(accepted.record), 202, headers
 
 
 @jobs.get("/v1/jobs/<job_id>")
@@ -78,6 +95,16 @@ def _existing(record: JobRecord | None, job_id: str) -> JobRecord:
     if record.expires_at is not None and record.expires_at < time.time():
         raise Gone(f"job {job_id} finished and its result has expired", field="id")
     return record
+
+
+def _idempotency_key() -> str | None:
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    if not 0 < len(key) <= _IDEMPOTENCY_KEY_MAX or not key.isprintable():
+        raise BadRequest(f"Idempotency-Key must be 1 to {_IDEMPOTENCY_KEY_MAX} printable characters",
+                         field="Idempotency-Key")
+    return key
 
 
 def _wait_seconds(limit: float) -> float:

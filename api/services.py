@@ -53,9 +53,11 @@ class Services:
     celery: Celery
     jobs: JobStore
     analyzers: AnalyzerCatalog = field(init=False)
+    queue_limits: dict[str, int] = field(init=False)
 
     def __post_init__(self) -> None:
         self.analyzers = AnalyzerCatalog(self.redis)
+        self.queue_limits = self.settings.queue_limit_overrides()
 
 
 def services() -> Services:

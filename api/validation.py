@@ -31,6 +31,7 @@ class Submission:
     input_bytes: bytes
     input_media_type: str
     params: dict[str, Any]
+    spec: dict[str, Any]
 
 
 SpecLookup = Callable[[str], "dict[str, Any] | None"]
@@ -71,7 +72,8 @@ def parse_submission(request: Request, lookup_spec: SpecLookup, known_names: Cal
         data, media_type = _check_upload(upload, spec)
     else:
         data, media_type = _check_json_input(json_input, spec)
-    return Submission(analyzer=spec["name"], input_bytes=data, input_media_type=media_type, params=params)
+    return Submission(analyzer=spec["name"], input_bytes=data, input_media_type=media_type, params=params,
+                      spec=spec)
 
 
 def _json_field(raw: str, field: str) -> Any:

@@ -81,6 +81,8 @@ class Analyzer:
     #: Batching limits: the most jobs in one ``predict`` and how long to wait to fill it.
     max_batch_size: ClassVar[int] = 1
     max_wait_ms: ClassVar[int] = 0
+    #: Jobs waiting in this analyzer's queue before new ones get 429 (``GPUQ_QUEUE_LIMITS`` overrides).
+    max_queue_depth: ClassVar[int] = 10_000
 
     def setup(self, device: str) -> None:
         """Load the model onto ``device`` ("cpu" or "cuda:0"); called once per process."""
@@ -104,4 +106,5 @@ class Analyzer:
             "params_schema": cls.params_schema,
             "max_input_bytes": cls.max_input_bytes,
             "batching": {"max_batch_size": cls.max_batch_size, "max_wait_ms": cls.max_wait_ms},
+            "max_queue_depth": cls.max_queue_depth,
         }

@@ -16,8 +16,8 @@ from celery import states
 from celery.exceptions import SoftTimeLimitExceeded
 
 from gpu_worker.analyzer import Analyzer, AnalyzerError, Item, OutOfMemory
+from gpu_worker.joblock import JobLock, owner_of
 from gpu_worker.progress import ProgressWriter
-from tasks import keys
 from tasks.jobs import CANCELED, CANCELING, FAILED, QUEUED, RUNNING, SUCCEEDED, JobStore
 
 __all__ = ["JobFailed", "JobRunner"]
@@ -33,26 +33,27 @@ class JobFailed(Exception):
 
 class JobRunner:
     def __init__(self, store: JobStore, backend: Any, analyzers: dict[str, Analyzer], *,
-                 worker: str, device_label: str, max_attempts: int, lock_ttl: int):
+                 worker: str, device_label: str, max_attempts: int, lock: JobLock):
         self.store = store
         self.backend = backend
         self.analyzers = analyzers
         self.worker = worker
         self.device_label = device_label
         self.max_attempts = max_attempts
-        self.lock_ttl = lock_ttl
+        self.lock = lock
 
     def run(self, job_id: str) -> None:
-        lock = keys.job_lock(job_id)
+        owner = owner_of(self.worker)
         # Never twice at the same time: a redelivered copy of a message whose
-        # first copy still runs elsewhere finds the lock taken and stands down.
-        if not self.store.redis.set(lock, self.worker, nx=True, ex=self.lock_ttl):
-            log.warning("job %s is already running elsewhere (lock held); skipping this copy", job_id)
+        # first copy still runs elsewhere finds the lock held and stands down.
+        if not self.lock.acquire(job_id, owner):
+            log.warning("job %s is running elsewhere (lock held by %s); dropping this copy",
+                        job_id, self.lock.holder(job_id))
             return
         try:
             self._run_locked(job_id)
         finally:
-            self.store.redis.delete(lock)
+            self.lock.release(job_id, owner)
 
     def _run_locked(self, job_id: str) -> None:
         record = self.store.get(job_id)
@@ -107,7 +108,9 @@ class JobRunner:
             self._fail(job_id, code, message)
         run_ms = (time.perf_counter() - run_started) * 1000
         self.backend.store_result(job_id, result, states.SUCCESS)
-        self.store.finish(job_id, SUCCEEDED, [RUNNING, CANCELING], error=None, timings={
+        # QUEUED too: a janitor that took this worker for dead may have queued it
+        # again meanwhile; the result in hand is real, and the copy will see it.
+        self.store.finish(job_id, SUCCEEDED, [RUNNING, CANCELING, QUEUED], error=None, timings={
             "queued_ms": round((started - record.created_at) * 1000, 1),
             "run_ms": round(run_ms, 1),
             "batch_size": 1,

@@ -14,19 +14,32 @@ from pathlib import Path
 from typing import Any
 
 from redis import Redis
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
 
 from gpu_worker.analyzer import Analyzer
 from gpu_worker.devices import describe_device
+from gpu_worker.joblock import JobLock
 from gpu_worker.runner import JobRunner
 from tasks import catalog
 from tasks.jobs import JobStore
 from tasks.settings import Settings
 
-__all__ = ["WorkerRuntime"]
+__all__ = ["WorkerRuntime", "worker_redis"]
 
 log = logging.getLogger("gpuq.worker")
 
 STARTING, READY, BUSY = "starting", "ready", "busy"
+
+
+def worker_redis(url: str) -> Redis:
+    """A client that rides out a Redis restart: a finished job's result must not
+    be lost because Redis was away for a minute while the model ran."""
+    return Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30,
+                          retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=60),
+                          retry_on_error=[RedisConnectionError, RedisTimeoutError])
 
 
 class WorkerRuntime:
@@ -55,12 +68,12 @@ class WorkerRuntime:
             analyzer.setup(device)
             analyzers[cls_.name] = analyzer
             log.info("%s: analyzer %r ready on %s in %.2fs", name, cls_.name, label, time.perf_counter() - began)
-        redis = Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=5,
-                               health_check_interval=30)
+        redis = worker_redis(settings.redis_url)
         store = JobStore(redis, result_ttl=settings.result_ttl, tombstone_ttl=settings.tombstone_ttl,
                          input_ttl=settings.input_ttl)
+        lock = JobLock(redis, ttl=settings.job_time_limit + 120, local_worker=name)
         runner = JobRunner(store, backend, analyzers, worker=name, device_label=label,
-                           max_attempts=settings.max_attempts, lock_ttl=settings.job_time_limit + 120)
+                           max_attempts=settings.max_attempts, lock=lock)
         runtime = cls(name=name, settings=settings, redis=redis, device=device, device_label=label,
                       analyzers=analyzers, runner=runner)
         catalog.publish_analyzers(redis, [type(a).spec() for a in analyzers.values()])

@@ -20,12 +20,13 @@ from billiard.exceptions import WorkerLostError
 from celery import signals
 from celery.exceptions import TimeLimitExceeded
 from kombu import Exchange, Queue
-from redis import Redis
 
+from gpu_worker.janitor import Janitor
+from gpu_worker.joblock import JobLock
 from gpu_worker.registry import DEFAULT_ANALYZERS, resolve_analyzers
-from gpu_worker.runtime import WorkerRuntime
+from gpu_worker.runtime import WorkerRuntime, worker_redis
 from tasks.app import RUN_TASK, create_celery, queue_for
-from tasks.jobs import CANCELED, CANCELING, FAILED, RUNNING, JobStore
+from tasks.jobs import CANCELED, CANCELING, FAILED, QUEUED, RUNNING, JobStore
 from tasks.settings import Settings
 
 __all__ = ["EXIT_SETUP_FAILED", "app"]
@@ -85,15 +86,34 @@ def _stop_runtime(**_) -> None:
 @lru_cache(maxsize=1)
 def _parent_store() -> JobStore:
     """A store for the parent process, which records what its child could not."""
-    redis = Redis.from_url(_settings.redis_url, socket_timeout=10, socket_connect_timeout=5)
-    return JobStore(redis, result_ttl=_settings.result_ttl, tombstone_ttl=_settings.tombstone_ttl,
-                    input_ttl=_settings.input_ttl)
+    return JobStore(worker_redis(_settings.redis_url), result_ttl=_settings.result_ttl,
+                    tombstone_ttl=_settings.tombstone_ttl, input_ttl=_settings.input_ttl)
+
+
+@lru_cache(maxsize=1)
+def _parent_lock() -> JobLock:
+    return JobLock(_parent_store().redis, ttl=_settings.job_time_limit + 120, local_worker=worker_name())
+
+
+def _release_dead_childs_lock(job_id: str) -> None:
+    holder = _parent_lock().holder(job_id)
+    if holder and holder.rpartition("|")[0] == worker_name() and not _parent_lock().is_alive(holder):
+        _parent_lock().release(job_id, holder)
+
+
+@signals.worker_ready.connect
+def _start_janitor(**_) -> None:
+    # In the main process: it outlives pool children and never touches CUDA.
+    janitor = Janitor(_parent_store(), _parent_lock(), app, dead_after=_settings.heartbeat_ttl,
+                      interval=_settings.janitor_interval)
+    janitor.start()
 
 
 @signals.task_revoked.connect
 def _record_cancel(request=None, terminated=False, **_) -> None:
     if request is not None:
-        _parent_store().finish(request.id, CANCELED, [CANCELING, RUNNING])
+        _parent_store().finish(request.id, CANCELED, [CANCELING, RUNNING, QUEUED])
+        _release_dead_childs_lock(request.id)
 
 
 @signals.task_failure.connect
@@ -107,3 +127,4 @@ def _record_lost_or_timed_out(task_id=None, exception=None, **_) -> None:
     else:
         return
     _parent_store().finish(task_id, FAILED, [RUNNING, CANCELING], error={"code": code, "message": message})
+    _release_dead_childs_lock(task_id)

@@ -29,9 +29,11 @@ TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELED})
 _JSON_FIELDS = ("params", "error", "progress", "timings")
 _FLOAT_FIELDS = ("created_at", "started_at", "finished_at", "expires_at")
 
-# KEYS: job hash, events channel. ARGV: allowed statuses (JSON list), fields
-# to set (JSON object of strings), TTL in seconds (0: leave it).
-# Returns {1, previous status} when written, {0, status} when refused, {} when absent.
+# KEYS: job hash, events channel, running set. ARGV: allowed statuses (JSON
+# list), fields to set (JSON object of strings), TTL in seconds (0: leave it),
+# job id. Returns {1, previous status} when written, {0, status} when refused,
+# {} when absent. The running set follows the status, so the janitor can find
+# jobs whose worker died.
 _TRANSITION = """
 local current = redis.call('HGET', KEYS[1], 'status')
 if not current then return {} end
@@ -50,7 +52,13 @@ end
 if #flat > 0 then redis.call('HSET', KEYS[1], unpack(flat)) end
 local ttl = tonumber(ARGV[3])
 if ttl > 0 then redis.call('EXPIRE', KEYS[1], ttl) end
-redis.call('PUBLISH', KEYS[2], updates['status'] or current)
+local new = updates['status']
+if new == 'running' or new == 'canceling' then
+  redis.call('SADD', KEYS[3], ARGV[4])
+elseif new then
+  redis.call('SREM', KEYS[3], ARGV[4])
+end
+redis.call('PUBLISH', KEYS[2], new or current)
 return {1, current}
 """
 
@@ -127,13 +135,6 @@ class JobStore:
         """A job never run still disappears in the end, after its input did."""
         return self.input_ttl + self.result_ttl + self.tombstone_ttl
 
-    def create_in(self, pipe, record: JobRecord, input_bytes: bytes) -> None:
-        """Queue the writes of a new job (record and claim-checked input) on ``pipe``."""
-        fields = {k: v for k, v in record.__dict__.items() if v is not None}
-        pipe.hset(keys.job(record.id), mapping=encode_fields(fields))
-        pipe.expire(keys.job(record.id), self.queued_record_ttl)
-        pipe.set(keys.job_input(record.id), input_bytes, ex=self.input_ttl)
-
     def get(self, job_id: str) -> JobRecord | None:
         raw = self.redis.hgetall(keys.job(job_id))
         return JobRecord.from_hash(raw) if raw else None
@@ -153,8 +154,8 @@ class JobStore:
         if to is not None:
             fields["status"] = to
         reply = self._transition(
-            keys=[keys.job(job_id), keys.job_events(job_id)],
-            args=[json.dumps(list(allowed_from)), json.dumps(encode_fields(fields)), ttl],
+            keys=[keys.job(job_id), keys.job_events(job_id), keys.RUNNING],
+            args=[json.dumps(list(allowed_from)), json.dumps(encode_fields(fields)), ttl, job_id],
         )
         if not reply:
             return False, None
@@ -174,3 +175,9 @@ class JobStore:
 
     def add_attempt(self, job_id: str) -> int:
         return int(self.redis.hincrby(keys.job(job_id), "attempts", 1))
+
+    def running_ids(self) -> list[str]:
+        return [m.decode() for m in self.redis.smembers(keys.RUNNING)]
+
+    def forget_running(self, job_id: str) -> None:
+        self.redis.srem(keys.RUNNING, job_id)

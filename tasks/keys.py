@@ -22,6 +22,13 @@ def job_lock(job_id: str) -> str:
     return f"{PREFIX}lock:{job_id}"
 
 
+def idempotency(key: str) -> str:
+    return f"{PREFIX}idempotency:{key}"
+
+
+#: Jobs whose record says running or canceling: what the janitor checks for dead workers.
+RUNNING = f"{PREFIX}running"
+
 ANALYZERS = f"{PREFIX}analyzers"
 WORKERS = f"{PREFIX}workers"
 

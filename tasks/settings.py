@@ -36,6 +36,19 @@ class Settings:
     max_wait: float = 30.0
     #: Seconds a worker's heartbeat stays valid.
     heartbeat_ttl: int = 15
+    #: Per-analyzer queue depth limits, "simulate=5,digits=100", over the analyzers' own.
+    queue_limits: str = ""
+    #: Seconds between the janitor's sweeps for jobs whose worker died.
+    janitor_interval: float = 5.0
+
+    def queue_limit_overrides(self) -> dict[str, int]:
+        limits: dict[str, int] = {}
+        for entry in filter(None, (e.strip() for e in self.queue_limits.split(","))):
+            name, _, value = entry.partition("=")
+            if not value.strip().isdigit() or not name.strip():
+                raise SettingsError(f"GPUQ_QUEUE_LIMITS entry {entry!r} is not name=number")
+            limits[name.strip()] = int(value)
+        return limits
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> Settings:
@@ -55,4 +68,6 @@ class Settings:
         values.update(overrides)
         if not values.get("redis_url"):
             raise SettingsError("GPUQ_REDIS_URL is not set: give the Redis URL, e.g. redis://127.0.0.1:6379/0")
-        return cls(**values)
+        settings = cls(**values)
+        settings.queue_limit_overrides()  # malformed limits fail here, at start-up
+        return settings

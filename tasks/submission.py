@@ -1,26 +1,96 @@
-"""Accepting a job: record, claim-checked input and Celery message.
+"""Accepting a job: record, claim-checked input and broker message in one atomic step.
 
 The input bytes never ride in the broker message: they are stored under
-their own key with a TTL and the message carries only the job id. A 202 is
-given only once all three writes are in Redis.
+their own key with a TTL and the message carries only the job id. One Lua
+script checks the idempotency key and the queue's depth, then writes the
+record, the input and the message together, so a 202 means all three are in
+Redis and no crash can leave one without the others.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 import uuid
+from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from celery import Celery
+from redis import Redis
+from redis.commands.core import Script
 
-from tasks.app import RUN_TASK, queue_for
-from tasks.jobs import QUEUED, JobRecord, JobStore
+from tasks import keys
+from tasks.app import queue_for
+from tasks.jobs import QUEUED, JobRecord, JobStore, encode_fields
+from tasks.publish import job_message
 
-__all__ = ["submit_job"]
+__all__ = ["Accepted", "IdempotencyConflict", "QueueFull", "submit_job"]
+
+# KEYS: job, input, queue, idempotency key (ignored when ARGV[7] is empty).
+# ARGV: record fields (JSON object of strings), record TTL, input bytes, input TTL,
+#       message, queue depth limit (0: none), idempotency value, idempotency TTL.
+_SUBMIT = """
+if ARGV[7] ~= '' then
+  local existing = redis.call('GET', KEYS[4])
+  if existing then return {'existing', existing} end
+end
+local limit = tonumber(ARGV[6])
+if limit > 0 then
+  local depth = redis.call('LLEN', KEYS[3])
+  if depth >= limit then return {'full', tostring(depth)} end
+end
+local fields = cjson.decode(ARGV[1])
+local flat = {}
+for k, v in pairs(fields) do
+  flat[#flat + 1] = k
+  flat[#flat + 1] = v
+end
+redis.call('HSET', KEYS[1], unpack(flat))
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('SET', KEYS[2], ARGV[3], 'EX', ARGV[4])
+redis.call('LPUSH', KEYS[3], ARGV[5])
+if ARGV[7] ~= '' then redis.call('SET', KEYS[4], ARGV[7], 'EX', ARGV[8]) end
+return {'created', ''}
+"""
+
+
+class QueueFull(Exception):
+    """Raised when the analyzer's queue is at its depth limit; nothing was written."""
+
+    def __init__(self, analyzer: str, depth: int, limit: int):
+        super().__init__(f"the {analyzer!r} queue holds {depth} jobs (limit {limit})")
+        self.analyzer, self.depth, self.limit = analyzer, depth, limit
+
+
+class IdempotencyConflict(Exception):
+    """Raised when an idempotency key is reused with a different request."""
+
+
+@dataclass(frozen=True)
+class Accepted:
+    job_id: str
+    record: JobRecord | None  # None when an earlier request with the same key made the job
+    replayed: bool
+
+
+@lru_cache(maxsize=8)
+def _submit_script(redis: Redis) -> Script:
+    return redis.register_script(_SUBMIT)
+
+
+def _fingerprint(analyzer: str, params: dict[str, Any], media_type: str, data: bytes) -> str:
+    digest = hashlib.sha256()
+    for part in (analyzer.encode(), json.dumps(params, sort_keys=True).encode(), media_type.encode(), data):
+        digest.update(len(part).to_bytes(8, "big"))
+        digest.update(part)
+    return digest.hexdigest()
 
 
 def submit_job(store: JobStore, celery_app: Celery, *, analyzer: str, input_bytes: bytes,
-               input_media_type: str, params: dict[str, Any]) -> JobRecord:
+               input_media_type: str, params: dict[str, Any], max_queue_depth: int = 0,
+               idempotency_key: str | None = None) -> Accepted:
     record = JobRecord(
         id=str(uuid.uuid4()),
         analyzer=analyzer,
@@ -29,13 +99,22 @@ def submit_job(store: JobStore, celery_app: Celery, *, analyzer: str, input_byte
         input_media_type=input_media_type,
         params=params,
     )
-    pipe = store.redis.pipeline(transaction=True)
-    store.create_in(pipe, record, input_bytes)
-    pipe.execute()
-    try:
-        celery_app.send_task(RUN_TASK, args=[record.id], task_id=record.id, queue=queue_for(analyzer))
-    except BaseException:
-        # Not enqueued: leave no record that would read "queued" forever.
-        store.delete(record.id)
-        raise
-    return record
+    fingerprint = _fingerprint(analyzer, params, input_media_type, input_bytes) if idempotency_key else ""
+    queue = queue_for(analyzer)
+    fields = {k: v for k, v in record.__dict__.items() if v is not None}
+    status, detail = _submit_script(store.redis)(
+        keys=[keys.job(record.id), keys.job_input(record.id), queue,
+              keys.idempotency(idempotency_key or "")],
+        args=[json.dumps(encode_fields(fields)), store.queued_record_ttl, input_bytes, store.input_ttl,
+              job_message(celery_app, record.id, queue), max_queue_depth,
+              f"{fingerprint}|{record.id}" if idempotency_key else "", store.queued_record_ttl],
+    )
+    status, detail = status.decode(), detail.decode()
+    if status == "full":
+        raise QueueFull(analyzer, int(detail), max_queue_depth)
+    if status == "existing":
+        earlier_fingerprint, _, job_id = detail.partition("|")
+        if earlier_fingerprint != fingerprint:
+            raise IdempotencyConflict(f"Idempotency-Key {idempotency_key!r} was used for a different request")
+        return Accepted(job_id=job_id, record=None, replayed=True)
+    return Accepted(job_id=record.id, record=record, replayed=False)

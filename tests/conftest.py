@@ -27,6 +27,17 @@ def redis_server(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def celery_app(redis_server):
+    """The project's Celery app in the test process, configured for the test Redis."""
+    import os
+
+    os.environ["GPUQ_REDIS_URL"] = redis_server.url
+    from tasks.app import create_celery
+
+    return create_celery()
+
+
+@pytest.fixture(scope="session")
 def redis_client(redis_server):
     client = redis_lib.Redis.from_url(redis_server.url)
     yield client

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import time
+import base64
+import json
 
 import pytest
 
 from tasks import keys
-from tasks.jobs import CANCELED, QUEUED, RUNNING, SUCCEEDED, JobRecord, JobStore
+from tasks.jobs import CANCELED, QUEUED, RUNNING, SUCCEEDED, JobStore
+from tasks.submission import IdempotencyConflict, QueueFull, submit_job
 
 
 @pytest.fixture
@@ -15,44 +17,76 @@ def store(redis_client):
     return JobStore(redis_client, result_ttl=100, tombstone_ttl=1000, input_ttl=50)
 
 
-def _new(store: JobStore, job_id: str) -> None:
-    pipe = store.redis.pipeline()
-    store.create_in(pipe, JobRecord(id=job_id, analyzer="a", status=QUEUED, created_at=time.time(),
-                                    params={"x": 1}), b"input")
-    pipe.execute()
+@pytest.fixture
+def new_job(store, celery_app):
+    """Accepts a job on a queue no worker reads; returns its id."""
+    def make(**extra) -> str:
+        accepted = submit_job(store, celery_app, analyzer="storetest", input_bytes=b"input",
+                              input_media_type="application/json", params={"x": 1}, **extra)
+        return accepted.job_id
+    yield make
+    store.redis.delete("gpuq.storetest")
 
 
-def test_create_writes_record_and_input_with_ttls(store, redis_client):
-    _new(store, "s1")
-    record = store.get("s1")
+def test_submit_writes_record_input_and_message_with_ttls(store, redis_client, new_job):
+    job_id = new_job()
+    record = store.get(job_id)
     assert record.status == QUEUED and record.params == {"x": 1} and record.attempts == 0
-    assert 0 < redis_client.ttl(keys.job_input("s1")) <= 50
-    assert 1000 < redis_client.ttl(keys.job("s1")) <= 1150
+    assert redis_client.get(keys.job_input(job_id)) == b"input"
+    assert 0 < redis_client.ttl(keys.job_input(job_id)) <= 50
+    assert 1000 < redis_client.ttl(keys.job(job_id)) <= 1150
+    message = json.loads(redis_client.lindex("gpuq.storetest", 0))
+    assert message["headers"]["task"] == "gpuq.run" and message["headers"]["id"] == job_id
+    assert message["content-type"] == "application/json"  # never pickle
+    assert json.loads(base64.b64decode(message["body"]))[0] == [job_id]
 
 
-def test_cancel_wins_over_a_later_start(store):
-    _new(store, "s2")
-    assert store.finish("s2", CANCELED, [QUEUED])
-    written, status = store.transition("s2", [QUEUED, RUNNING], RUNNING, worker="w")
+def test_queue_depth_limit_refuses_without_writing(store, redis_client, new_job):
+    new_job(max_queue_depth=2)
+    new_job(max_queue_depth=2)
+    jobs_before = len(list(redis_client.scan_iter("gpuq:job:*")))
+    with pytest.raises(QueueFull):
+        new_job(max_queue_depth=2)
+    assert redis_client.llen("gpuq.storetest") == 2
+    assert len(list(redis_client.scan_iter("gpuq:job:*"))) == jobs_before
+
+
+def test_idempotency_key_replays_the_same_job(store, celery_app, redis_client, new_job):
+    first = new_job(idempotency_key="order-17")
+    again = submit_job(store, celery_app, analyzer="storetest", input_bytes=b"input",
+                       input_media_type="application/json", params={"x": 1}, idempotency_key="order-17")
+    assert again.replayed and again.job_id == first
+    assert redis_client.llen("gpuq.storetest") == 1
+    with pytest.raises(IdempotencyConflict):
+        submit_job(store, celery_app, analyzer="storetest", input_bytes=b"other",
+                   input_media_type="application/json", params={"x": 1}, idempotency_key="order-17")
+
+
+def test_cancel_wins_over_a_later_start(store, new_job):
+    job_id = new_job()
+    assert store.finish(job_id, CANCELED, [QUEUED])
+    written, status = store.transition(job_id, [QUEUED, RUNNING], RUNNING, worker="w")
     assert (written, status) == (False, CANCELED)
-    assert store.get("s2").worker is None
+    assert store.get(job_id).worker is None
 
 
-def test_finish_sets_expiry_drops_input_and_publishes(store, redis_client):
-    _new(store, "s3")
+def test_finish_sets_expiry_drops_input_and_publishes(store, redis_client, new_job):
+    s3 = new_job()
     pubsub = redis_client.pubsub(ignore_subscribe_messages=True)
-    pubsub.subscribe(keys.job_events("s3"))
+    pubsub.subscribe(keys.job_events(s3))
     pubsub.get_message(timeout=1)
-    assert store.transition("s3", [QUEUED], RUNNING) == (True, QUEUED)
-    assert store.finish("s3", SUCCEEDED, [RUNNING])
+    assert store.transition(s3, [QUEUED], RUNNING) == (True, QUEUED)
+    assert s3 in store.running_ids()
+    assert store.finish(s3, SUCCEEDED, [RUNNING])
+    assert s3 not in store.running_ids()
     messages = [pubsub.get_message(timeout=1) for _ in range(2)]
     pubsub.close()
     assert [m["data"] for m in messages] == [b"running", b"succeeded"]
-    record = store.get("s3")
+    record = store.get(s3)
     assert record.status == SUCCEEDED and abs(record.expires_at - record.finished_at - 100) < 1
-    assert redis_client.exists(keys.job_input("s3")) == 0
-    assert 1000 < redis_client.ttl(keys.job("s3")) <= 1100
-    assert not store.finish("s3", CANCELED, [QUEUED, RUNNING])  # terminal stays terminal
+    assert redis_client.exists(keys.job_input(s3)) == 0
+    assert 1000 < redis_client.ttl(keys.job(s3)) <= 1100
+    assert not store.finish(s3, CANCELED, [QUEUED, RUNNING])  # terminal stays terminal
 
 
 def test_absent_job(store):

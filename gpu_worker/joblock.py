@@ -1,0 +1,74 @@
+"""The per-job lock: never two runs of one job at the same time.
+
+A message can be delivered twice (a connection reset restores a running
+message, a dead worker's job is delivered again). Whoever runs a job holds
+``gpuq:lock:{id}`` with its worker name and pid; another copy that finds the
+lock held by a live process stands down. A lock left by a dead process is
+taken over, compare-and-set, so a crash never blocks a job for the lock's TTL.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from redis import Redis
+
+from tasks import keys
+
+__all__ = ["JobLock", "owner_of"]
+
+# KEYS: lock. ARGV: expected holder, new holder ('' deletes), TTL.
+_COMPARE_AND_SET = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if ARGV[2] == '' then redis.call('DEL', KEYS[1]) else redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3]) end
+return 1
+"""
+
+
+def owner_of(worker: str, pid: int | None = None) -> str:
+    return f"{worker}|{os.getpid() if pid is None else pid}"
+
+
+class JobLock:
+    def __init__(self, redis: Redis, ttl: int, local_worker: str | None = None):
+        self.redis = redis
+        self.ttl = ttl
+        self.local_worker = local_worker
+        self._cas = redis.register_script(_COMPARE_AND_SET)
+
+    def holder(self, job_id: str) -> str | None:
+        value = self.redis.get(keys.job_lock(job_id))
+        return value.decode() if value is not None else None
+
+    def acquire(self, job_id: str, owner: str) -> bool:
+        if self.redis.set(keys.job_lock(job_id), owner, nx=True, ex=self.ttl):
+            return True
+        holder = self.holder(job_id)
+        if holder is None:
+            return bool(self.redis.set(keys.job_lock(job_id), owner, nx=True, ex=self.ttl))
+        if holder == owner or not self.is_alive(holder):
+            return bool(self._cas(keys=[keys.job_lock(job_id)], args=[holder, owner, self.ttl]))
+        return False
+
+    def release(self, job_id: str, owner: str) -> bool:
+        return bool(self._cas(keys=[keys.job_lock(job_id)], args=[owner, "", 0]))
+
+    def is_alive(self, holder: str) -> bool:
+        """Whether the process named by ``holder`` still runs.
+
+        On this worker's own host the pid answers; elsewhere the worker's
+        heartbeat must name that pid (a restarted worker beats with a new one).
+        """
+        worker, _, pid_text = holder.rpartition("|")
+        pid = int(pid_text) if pid_text.isdigit() else -1
+        if worker == self.local_worker:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return False
+            except PermissionError:
+                return True
+            return True
+        beat = self.redis.get(keys.worker(worker))
+        return beat is not None and json.loads(beat).get("pid") == pid
