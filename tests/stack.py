@@ -105,3 +105,56 @@ def wait_for_status(url: str, job_id: str, statuses: set[str], timeout: float = 
         if time.monotonic() > deadline:
             raise AssertionError(f"job {job_id} stayed {job['status']}: {job}")
         time.sleep(0.05)
+
+
+class Stack:
+    """A whole stack of a test's own: Redis (AOF), workers under the launcher, the API."""
+
+    def __init__(self, directory: Path, analyzers: str = "tests.fixtures.analyzers:Faulty", **env: str):
+        from gpuq.redis_server import RedisServer
+
+        self.directory = directory
+        self.redis_server = RedisServer(directory / "redis").start()
+        self.env = base_env(self.redis_server.url, GPUQ_ANALYZERS=analyzers, GPUQ_HEARTBEAT_TTL="3",
+                            GPUQ_JANITOR_INTERVAL="0.5", **env)
+        self.redis = redis.Redis.from_url(self.redis_server.url)
+        self.workers: Process | None = None
+        self.api_process: Process | None = None
+        self.url = ""
+
+    def start(self, workers: int = 1) -> Stack:
+        names = {entry.rsplit(":", 1)[-1].lower() for entry in self.env["GPUQ_ANALYZERS"].split(",")}
+        self.workers = start_workers({**self.env, "GPUQ_CPU_WORKERS": str(workers)}, self.directory)
+        wait_for_workers(self.redis_server.url, names, self.workers, count=workers)
+        self.api_process, self.url = start_api(self.env, self.directory, workers=1)
+        return self
+
+    def submit(self, analyzer: str = "faulty", expect: int = 202, headers: dict | None = None, **body) -> dict:
+        response = requests.post(f"{self.url}/v1/jobs", json={"analyzer": analyzer, **body}, headers=headers,
+                                 timeout=10)
+        assert response.status_code == expect, response.text
+        return response.json()
+
+    def job(self, job_id: str) -> dict:
+        return requests.get(f"{self.url}/v1/jobs/{job_id}", timeout=10).json()
+
+    def wait(self, job_id: str, statuses: set[str] = frozenset({"succeeded", "failed", "canceled"}),
+             timeout: float = 60) -> dict:
+        return wait_for_status(self.url, job_id, set(statuses), timeout=timeout)
+
+    def counter(self, name: str, job_id: str) -> int:
+        return int(self.redis.get(f"test:{name}:{job_id}") or 0)
+
+    def live_workers(self) -> list[dict]:
+        return [w for w in catalog.live_workers(self.redis) if w["state"] in ("ready", "busy")]
+
+    def stop(self) -> None:
+        for process in (self.api_process, self.workers):
+            if process is not None:
+                process.stop(timeout=30)
+        self.redis.close()
+        self.redis_server.stop()
+
+
+def parent_pid(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
