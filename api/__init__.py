@@ -6,6 +6,9 @@ import logging
 
 from flask import Flask
 from redis import Redis
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.retry import Retry
 
 from api.errors import register_error_handlers
 from api.health import health
@@ -24,8 +27,11 @@ def create_app(settings: Settings | None = None) -> Flask:
     app = Flask("gpuq")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.json.sort_keys = False
-    redis = Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=3,
-                           health_check_interval=30)
+    # Fail fast when Redis is away (503 within seconds, never a hang), but retry
+    # once on a broken pooled connection, as every one is after a Redis restart.
+    redis = Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=1,
+                           health_check_interval=30,
+                           retry=Retry(NoBackoff(), retries=1, supported_errors=(RedisConnectionError,)))
     app.extensions["gpuq"] = Services(
         settings=settings,
         redis=redis,

@@ -61,7 +61,10 @@ def get_job(job_id: str):
     record = _existing(record, job_id)
     result = None
     if record.status == SUCCEEDED:
-        meta = svc.celery.backend.get_task_meta(job_id)
+        # Read through the API's own fail-fast client, not the backend's retrying one.
+        backend = svc.celery.backend
+        raw = svc.redis.get(backend.get_key_for_task(job_id))
+        meta = backend.decode_result(raw) if raw is not None else {}
         if meta.get("status") != "SUCCESS":
             raise Gone(f"the result of job {job_id} has expired", field="id")
         result = meta.get("result")
