@@ -17,6 +17,7 @@ from redis import Redis
 
 from gpu_worker.analyzer import Analyzer
 from gpu_worker.devices import describe_device
+from gpu_worker.registry import check_loaded
 from gpu_worker.runner import JobRunner
 from tasks import catalog
 from tasks.jobs import JobStore
@@ -53,6 +54,7 @@ class WorkerRuntime:
             began = time.perf_counter()
             analyzer = cls_()
             analyzer.setup(device)
+            check_loaded(analyzer)
             analyzers[cls_.name] = analyzer
             log.info("%s: analyzer %r ready on %s in %.2fs", name, cls_.name, label, time.perf_counter() - began)
         redis = Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=5,
@@ -89,7 +91,8 @@ class WorkerRuntime:
 
     def info(self) -> dict[str, Any]:
         return {"name": self.name, "state": self.state, "device": self.device_label, "pid": os.getpid(),
-                "analyzers": sorted(self.analyzers), "job": self.current_job, "heartbeat_at": time.time()}
+                "analyzers": sorted(self.analyzers), "job": self.current_job, "heartbeat_at": time.time(),
+                "weights_sha256": {name: a.weights_sha256 for name, a in self.analyzers.items()}}
 
     def _beat(self) -> None:
         catalog.publish_heartbeat(self.redis, self.name, self.info(), self.settings.heartbeat_ttl)
