@@ -19,6 +19,8 @@ __all__ = ["BUILTINS", "DEFAULT_ANALYZERS", "AnalyzerConfigError", "check_loaded
 
 BUILTINS = {
     "digits": "gpu_worker.analyzers.digits:DigitsAnalyzer",
+    # Needs the optional extra (pip install "gpuq[embed]"), so it is served only when named.
+    "embed": "gpu_worker.analyzers.embed:EmbedAnalyzer",
     "simulate": "gpu_worker.analyzers.simulate:SimulateAnalyzer",
 }
 DEFAULT_ANALYZERS = "digits,simulate"
