@@ -70,6 +70,9 @@ class Analyzer:
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     version: ClassVar[str] = "1"
+    #: SHA-256 (hex) of the weights this instance loaded; ``setup`` sets it, with
+    #: ``gpu_worker.weights.file_sha256`` or ``state_dict_sha256``. ``None``: no weights.
+    weights_sha256: str | None = None
     #: Sniffed media types accepted as an uploaded ``file`` (empty: none).
     media_types: ClassVar[tuple[str, ...]] = ()
     #: JSON Schema of the JSON ``input`` field (``None``: JSON input refused).
@@ -81,9 +84,6 @@ class Analyzer:
     #: Batching limits: the most jobs in one ``predict`` and how long to wait to fill it.
     max_batch_size: ClassVar[int] = 1
     max_wait_ms: ClassVar[int] = 0
-    #: SHA-256 (hex) of the weights this instance loaded; ``setup`` sets it, with
-    #: ``gpu_worker.weights.file_sha256`` or ``state_dict_sha256``. ``None``: no weights.
-    weights_sha256: str | None = None
 
     def setup(self, device: str) -> None:
         """Load the model onto ``device`` ("cpu" or "cuda:0"); called once per process.

@@ -15,9 +15,9 @@ from typing import Any
 
 from redis import Redis
 
+from gpu_worker import registry
 from gpu_worker.analyzer import Analyzer
 from gpu_worker.devices import describe_device
-from gpu_worker.registry import check_loaded
 from gpu_worker.runner import JobRunner
 from tasks import catalog
 from tasks.jobs import JobStore
@@ -54,7 +54,7 @@ class WorkerRuntime:
             began = time.perf_counter()
             analyzer = cls_()
             analyzer.setup(device)
-            check_loaded(analyzer)
+            registry.check_loaded(analyzer)
             analyzers[cls_.name] = analyzer
             log.info("%s: analyzer %r ready on %s in %.2fs", name, cls_.name, label, time.perf_counter() - began)
         redis = Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=5,
