@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import sys
 
 import pytest
@@ -107,6 +108,9 @@ def test_input_limits_are_in_the_schema():
         assert validator.is_valid(good), good
     for bad in ("", [], ["a"] * (MAX_TEXTS + 1), "x" * (MAX_CHARS + 1), ["ok", ""], [1], {"text": "a"}, None):
         assert not validator.is_valid(bad), bad
+    # The largest valid input, stored as the API stores it, is within the byte limit: the schema decides.
+    worst = json.dumps(["🙂" * MAX_CHARS] * MAX_TEXTS, separators=(",", ":")).encode()
+    assert len(worst) <= EmbedAnalyzer.max_input_bytes
 
 
 def test_embed_is_available_by_name_but_not_served_by_default():

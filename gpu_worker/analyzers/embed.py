@@ -52,8 +52,9 @@ class EmbedAnalyzer(Analyzer):
         "maxItems": MAX_TEXTS,
     }
     params_schema: ClassVar[dict[str, Any]] = {"type": "object", "additionalProperties": False}
-    # The JSON of MAX_TEXTS texts of MAX_CHARS characters, escaped non-ASCII included.
-    max_input_bytes: ClassVar[int] = 8 * 1024 * 1024
+    # The stored JSON of the largest valid input, so the schema alone decides:
+    # a character outside the BMP is escaped as two \uXXXX (12 bytes), plus quotes and commas.
+    max_input_bytes: ClassVar[int] = MAX_TEXTS * (MAX_CHARS * 12 + 3) + 2
     max_batch_size: ClassVar[int] = 32
     max_wait_ms: ClassVar[int] = 10
 
