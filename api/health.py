@@ -27,29 +27,35 @@ def readyz():
     except Exception as error:  # any failure to reach Redis means not ready
         return {"ready": False, "reasons": [f"redis unreachable: {error.__class__.__name__}"]}, 503
     specs = svc.analyzers.all(refresh=True)
-    serving = _workers_by_analyzer()
+    workers = catalog.live_workers(svc.redis)
+    serving = _workers_by_analyzer(workers)
     reasons = [f"no live worker serves {name!r}" for name in sorted(specs) if not serving.get(name)]
     if not specs:
         reasons.append("no analyzer published yet: no worker has loaded its models")
+    # Both directions, since routing gives analyzers to particular workers:
+    # which workers serve an analyzer, and what each worker serves.
     body = {"ready": not reasons, "reasons": reasons,
-            "analyzers": {name: [w["name"] for w in serving.get(name, [])] for name in sorted(specs)}}
+            "analyzers": {name: [w["name"] for w in serving.get(name, [])] for name in sorted(specs)},
+            "workers": [{"name": w["name"], "device": w.get("device"), "state": w.get("state"),
+                         "analyzers": w.get("analyzers", [])} for w in workers]}
     return body, 200 if not reasons else 503
 
 
 @health.get("/v1/analyzers")
 def list_analyzers():
     svc = services()
-    serving = _workers_by_analyzer()
+    serving = _workers_by_analyzer(catalog.live_workers(svc.redis))
     return {"analyzers": [
-        {**spec, "workers": [{"name": w["name"], "device": w["device"], "state": w["state"]}
+        {**spec, "workers": [{"name": w["name"], "device": w["device"], "state": w["state"],
+                              "weights_sha256": (w.get("weights_sha256") or {}).get(name)}
                              for w in serving.get(name, [])]}
         for name, spec in sorted(svc.analyzers.all(refresh=True).items())
     ]}
 
 
-def _workers_by_analyzer() -> dict[str, list[dict]]:
+def _workers_by_analyzer(workers: list[dict]) -> dict[str, list[dict]]:
     by_name: dict[str, list[dict]] = {}
-    for worker in catalog.live_workers(services().redis):
+    for worker in workers:
         if worker.get("state") in _SERVING_STATES:
             for name in worker.get("analyzers", []):
                 by_name.setdefault(name, []).append(worker)

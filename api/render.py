@@ -27,5 +27,6 @@ def job_object(record: JobRecord, result: Any = None) -> dict[str, Any]:
         "params": record.params,
         "timings": record.timings,
         "result": result,
+        "provenance": record.provenance,
         "error": record.error,
     }

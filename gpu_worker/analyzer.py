@@ -70,6 +70,9 @@ class Analyzer:
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     version: ClassVar[str] = "1"
+    #: SHA-256 (hex) of the weights this instance loaded; ``setup`` sets it, with
+    #: ``gpu_worker.weights.file_sha256`` or ``state_dict_sha256``. ``None``: no weights.
+    weights_sha256: str | None = None
     #: Sniffed media types accepted as an uploaded ``file`` (empty: none).
     media_types: ClassVar[tuple[str, ...]] = ()
     #: JSON Schema of the JSON ``input`` field (``None``: JSON input refused).
@@ -85,7 +88,10 @@ class Analyzer:
     max_queue_depth: ClassVar[int] = 10_000
 
     def setup(self, device: str) -> None:
-        """Load the model onto ``device`` ("cpu" or "cuda:0"); called once per process."""
+        """Load the model onto ``device`` ("cpu" or "cuda:0"); called once per process.
+
+        Set ``self.weights_sha256`` here, so every result names the weights that made it.
+        """
 
     def predict(self, batch: list[Item]) -> list[Any]:
         """Return one JSON-serialisable result per item, in order.
@@ -93,6 +99,10 @@ class Analyzer:
         Raise ``AnalyzerError`` (or a subclass) to fail the jobs with a code.
         """
         raise NotImplementedError
+
+    def provenance(self) -> dict[str, Any]:
+        """What made a result: stored with every job this analyzer completes."""
+        return {"analyzer": self.name, "version": self.version, "weights_sha256": self.weights_sha256}
 
     @classmethod
     def spec(cls) -> dict[str, Any]:

@@ -5,7 +5,8 @@ The launcher finds the GPUs without initialising CUDA, starts one
 concurrency 1), restarts a worker that dies with a growing delay, and on
 SIGTERM or SIGINT asks every worker for a warm shutdown (running jobs finish)
 before it kills what is left after the grace period. With no GPU it starts
-``GPUQ_CPU_WORKERS`` CPU workers (default 1).
+``GPUQ_CPU_WORKERS`` CPU workers (default 1). ``GPUQ_ROUTES`` may give
+workers analyzers of their own (``gpu_worker.routing``).
 
 A worker that exits before its models were ever loaded (no ready file) failed
 its set-up; after a few such failures in a row its slot is given up, and the
@@ -27,6 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gpu_worker.devices import discover_gpus
+from gpu_worker.registry import DEFAULT_ANALYZERS
+from gpu_worker.routing import route_analyzers
+from tasks.settings import SettingsError
 
 __all__ = ["Launcher", "Slot", "plan_slots", "main"]
 
@@ -61,6 +65,11 @@ def plan_slots(environ: dict[str, str], state_dir: Path) -> list[Slot]:
         if count < 1:
             raise SystemExit("GPUQ_CPU_WORKERS must be at least 1")
         specs = [(f"cpu{i}@{host}", {"CUDA_VISIBLE_DEVICES": "", "GPUQ_DEVICE": "cpu"}) for i in range(count)]
+    # Routed workers get their own GPUQ_ANALYZERS; the rest keep the host's.
+    routes = route_analyzers(environ.get("GPUQ_ROUTES", ""), [name.split("@")[0] for name, _ in specs])
+    for name, extra in specs:
+        if (key := name.split("@")[0]) in routes:
+            extra["GPUQ_ANALYZERS"] = routes[key]
     slots = []
     for name, extra in specs:
         ready = state_dir / f"{name.split('@')[0]}.ready"
@@ -168,7 +177,12 @@ def main(argv: list[str] | None = None) -> int:
     env = dict(os.environ)
     state_dir = Path(env.get("GPUQ_STATE_DIR") or tempfile.mkdtemp(prefix="gpuq-worker-"))
     state_dir.mkdir(parents=True, exist_ok=True)
-    slots = plan_slots(env, state_dir)
+    try:
+        slots = plan_slots(env, state_dir)
+    except SettingsError as error:  # a bad route: stop before any worker starts
+        raise SystemExit(f"gpuq worker: {error}") from None
+    for slot in slots:
+        log.info("worker %s serves %s", slot.name, slot.env.get("GPUQ_ANALYZERS", DEFAULT_ANALYZERS))
     job_limit = float(env.get("GPUQ_JOB_TIME_LIMIT", "3600"))
     grace = float(env.get("GPUQ_STOP_GRACE", str(job_limit + 30)))
     return Launcher(slots, loglevel=env.get("GPUQ_LOG_LEVEL", "INFO"), grace=grace).run()

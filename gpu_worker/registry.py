@@ -15,14 +15,17 @@ from jsonschema.exceptions import SchemaError
 
 from gpu_worker.analyzer import Analyzer
 
-__all__ = ["BUILTINS", "DEFAULT_ANALYZERS", "AnalyzerConfigError", "resolve_analyzers"]
+__all__ = ["BUILTINS", "DEFAULT_ANALYZERS", "AnalyzerConfigError", "check_loaded", "resolve_analyzers"]
 
 BUILTINS = {
     "digits": "gpu_worker.analyzers.digits:DigitsAnalyzer",
+    # Needs the optional extra (pip install "gpuq[embed]"), so it is served only when named.
+    "embed": "gpu_worker.analyzers.embed:EmbedAnalyzer",
     "simulate": "gpu_worker.analyzers.simulate:SimulateAnalyzer",
 }
 DEFAULT_ANALYZERS = "digits,simulate"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 class AnalyzerConfigError(RuntimeError):
@@ -74,4 +77,13 @@ def _check(cls: object, path: str) -> None:
         try:
             Draft202012Validator.check_schema(schema)
         except SchemaError as error:
-            raise AnalyzerConfigError(f"{path!r} has an invalid {label}: {error.message}") from None
+            raise AnalyzerConfigError(
+                f"{path!r} has an invalid {label} at {error.json_path}: {error.message}") from None
+
+
+def check_loaded(analyzer: Analyzer) -> None:
+    """After ``setup``: what the analyzer says about its weights must be usable as provenance."""
+    digest = analyzer.weights_sha256
+    if digest is not None and not (isinstance(digest, str) and _SHA256.match(digest)):
+        raise AnalyzerConfigError(f"analyzer {analyzer.name!r} set weights_sha256 to {digest!r}; "
+                                  "expected 64 lowercase hex digits (gpu_worker.weights.file_sha256) or None")

@@ -114,7 +114,7 @@ class JobRunner:
             "queued_ms": round((started - record.created_at) * 1000, 1),
             "run_ms": round(run_ms, 1),
             "batch_size": 1,
-        }, progress={"fraction": 1.0, "stage": "done"})
+        }, progress={"fraction": 1.0, "stage": "done"}, provenance=analyzer.provenance())
 
     def _fail(self, job_id: str, code: str, message: str) -> None:
         self.store.finish(job_id, FAILED, [QUEUED, RUNNING, CANCELING], error={"code": code, "message": message})

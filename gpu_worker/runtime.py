@@ -19,6 +19,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
+from gpu_worker import registry
 from gpu_worker.analyzer import Analyzer
 from gpu_worker.devices import describe_device
 from gpu_worker.joblock import JobLock
@@ -66,6 +67,7 @@ class WorkerRuntime:
             began = time.perf_counter()
             analyzer = cls_()
             analyzer.setup(device)
+            registry.check_loaded(analyzer)
             analyzers[cls_.name] = analyzer
             log.info("%s: analyzer %r ready on %s in %.2fs", name, cls_.name, label, time.perf_counter() - began)
         redis = worker_redis(settings.redis_url)
@@ -102,7 +104,8 @@ class WorkerRuntime:
 
     def info(self) -> dict[str, Any]:
         return {"name": self.name, "state": self.state, "device": self.device_label, "pid": os.getpid(),
-                "analyzers": sorted(self.analyzers), "job": self.current_job, "heartbeat_at": time.time()}
+                "analyzers": sorted(self.analyzers), "job": self.current_job, "heartbeat_at": time.time(),
+                "weights_sha256": {name: a.weights_sha256 for name, a in self.analyzers.items()}}
 
     def _beat(self) -> None:
         catalog.publish_heartbeat(self.redis, self.name, self.info(), self.settings.heartbeat_ttl)

@@ -26,7 +26,7 @@ QUEUED, RUNNING, CANCELING = "queued", "running", "canceling"
 SUCCEEDED, FAILED, CANCELED = "succeeded", "failed", "canceled"
 TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELED})
 
-_JSON_FIELDS = ("params", "error", "progress", "timings")
+_JSON_FIELDS = ("params", "error", "progress", "timings", "provenance")
 _FLOAT_FIELDS = ("created_at", "started_at", "finished_at", "expires_at")
 
 # KEYS: job hash, events channel, running set. ARGV: allowed statuses (JSON
@@ -80,6 +80,8 @@ class JobRecord:
     progress: dict[str, Any] | None = None
     timings: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
+    #: Which analyzer, version and weights made the result (set when the job succeeds).
+    provenance: dict[str, Any] | None = None
 
     @property
     def is_terminal(self) -> bool:

@@ -6,6 +6,7 @@ Nothing here touches the machine's own Redis on 6379.
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import redis as redis_lib
@@ -69,3 +70,26 @@ def api_server(stack_env, artifacts, workers):
 @pytest.fixture(scope="session")
 def api(api_server) -> str:
     return api_server[1]
+
+
+@pytest.fixture(scope="session")
+def routed_stack(tmp_path_factory):
+    """Two CPU workers routed apart (cpu0: embed; cpu1: digits, simulate), with their own Redis and API.
+
+    Its own Redis, because its workers are named cpu0 and cpu1 like the session's.
+    """
+    work = tmp_path_factory.mktemp("routed")
+    server = RedisServer(work / "redis").start()
+    env = base_env(server.url, GPUQ_CPU_WORKERS="2", GPUQ_ROUTES="cpu0:embed;cpu1:digits,simulate")
+    workers = start_workers(env, work)
+    api_process = None
+    try:
+        wait_for_workers(server.url, {"embed"}, workers, timeout=120)
+        wait_for_workers(server.url, {"digits", "simulate"}, workers)
+        api_process, url = start_api(env, work, workers=1)
+        yield SimpleNamespace(api=url, redis_url=server.url, workers=workers)
+    finally:
+        if api_process is not None:
+            api_process.stop()
+        workers.stop(timeout=30)
+        server.stop()

@@ -105,3 +105,18 @@ def test_one_worker_per_gpu_without_touching_cuda(tmp_path):
     cpu = plan_slots({"GPUQ_GPUS": "none", "GPUQ_CPU_WORKERS": "2"}, tmp_path)
     assert [s.name.split("@")[0] for s in cpu] == ["cpu0", "cpu1"]
     assert {s.env["GPUQ_DEVICE"] for s in cpu} == {"cpu"} and {s.env["CUDA_VISIBLE_DEVICES"] for s in cpu} == {""}
+
+
+def test_broken_user_analyzers_are_refused_each_with_its_reason(own_redis, tmp_path):
+    # Three workers, each routed to one broken class: every reason shows in one run.
+    broken = ["BadSchema", "NoPredict", "BadWeightsHash"]
+    routes = ";".join(f"cpu{i}:tests.fixtures.analyzers:{name}" for i, name in enumerate(broken))
+    env = base_env(own_redis.url, GPUQ_CPU_WORKERS="3", GPUQ_ROUTES=routes)
+    process = start_workers(env, tmp_path)
+    assert process.popen.wait(timeout=120) == 1
+    output = process.output()
+    assert "'tests.fixtures.analyzers:BadSchema' has an invalid params_schema at $.properties.threshold.type" in output
+    assert "'tests.fixtures.analyzers:NoPredict' does not implement predict(batch)" in output
+    assert "analyzer 'bad-hash' set weights_sha256 to 'md5:1234'; expected 64 lowercase hex digits" in output
+    assert "every worker failed to load its analyzers" in output
+    assert redis.Redis.from_url(own_redis.url).hlen("gpuq:analyzers") == 0  # nothing advertised

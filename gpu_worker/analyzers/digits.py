@@ -17,6 +17,7 @@ import torch
 from gpu_worker.analyzer import Analyzer, AnalyzerError, Item, OutOfMemory
 from gpu_worker.analyzers.digits_model import WEIGHTS_PATH, DigitsCNN, load_model
 from gpu_worker.decoding import MEDIA_TYPES, decode_frames
+from gpu_worker.weights import file_sha256
 
 __all__ = ["CHUNK_FRAMES", "DigitsAnalyzer"]
 
@@ -66,6 +67,7 @@ class DigitsAnalyzer(Analyzer):
         """
         self.device = torch.device(device)
         self.model = load_model(self.weights_path, self.device)
+        self.weights_sha256 = file_sha256(self.weights_path)
         # The first pass pays for kernel selection and allocator growth; do it
         # now rather than inside the first job.
         with torch.inference_mode():

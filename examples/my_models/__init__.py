@@ -1,0 +1,1 @@
+"""An example of bringing your own model to gpuq: see ``models.Segmenter`` and the README."""
