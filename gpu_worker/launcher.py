@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gpu_worker.devices import discover_gpus
+from tasks import logs
 
 __all__ = ["Launcher", "Slot", "plan_slots", "main"]
 
@@ -52,7 +53,8 @@ class Slot:
 
 
 def plan_slots(environ: dict[str, str], state_dir: Path) -> list[Slot]:
-    host = socket.gethostname()
+    # In a container the hostname is its id: GPUQ_HOSTNAME names the machine instead.
+    host = environ.get("GPUQ_HOSTNAME") or socket.gethostname()
     gpus = discover_gpus(environ)
     if gpus:
         specs = [(f"gpu{gpu}@{host}", {"CUDA_VISIBLE_DEVICES": gpu, "GPUQ_DEVICE": "cuda"}) for gpu in gpus]
@@ -66,7 +68,10 @@ def plan_slots(environ: dict[str, str], state_dir: Path) -> list[Slot]:
         ready = state_dir / f"{name.split('@')[0]}.ready"
         env = {**environ, **extra, "GPUQ_WORKER_NAME": name, "GPUQ_READY_FILE": str(ready),
                # torch.cuda.is_available() then asks NVML instead of initialising CUDA.
-               "PYTORCH_NVML_BASED_CUDA_CHECK": "1"}
+               "PYTORCH_NVML_BASED_CUDA_CHECK": "1",
+               # CUDA numbers GPUs fastest first unless told otherwise; nvidia-smi and NVML by
+               # PCI bus. The same order makes gpu3 the card nvidia-smi and the telemetry call 3.
+               "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
         slots.append(Slot(name=name, env=env, ready_file=ready))
     return slots
 
@@ -164,8 +169,8 @@ class Launcher:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     env = dict(os.environ)
+    logs.configure(env.get("GPUQ_LOG_LEVEL", "INFO").upper(), env)
     state_dir = Path(env.get("GPUQ_STATE_DIR") or tempfile.mkdtemp(prefix="gpuq-worker-"))
     state_dir.mkdir(parents=True, exist_ok=True)
     slots = plan_slots(env, state_dir)

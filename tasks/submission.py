@@ -13,7 +13,7 @@ from typing import Any
 
 from celery import Celery
 
-from tasks.app import RUN_TASK, queue_for
+from tasks.app import RUN_TASK, queue_for, task_label
 from tasks.jobs import QUEUED, JobRecord, JobStore
 
 __all__ = ["submit_job"]
@@ -33,7 +33,8 @@ def submit_job(store: JobStore, celery_app: Celery, *, analyzer: str, input_byte
     store.create_in(pipe, record, input_bytes)
     pipe.execute()
     try:
-        celery_app.send_task(RUN_TASK, args=[record.id], task_id=record.id, queue=queue_for(analyzer))
+        celery_app.send_task(RUN_TASK, args=[record.id], task_id=record.id, queue=queue_for(analyzer),
+                             shadow=task_label(analyzer))
     except BaseException:
         # Not enqueued: leave no record that would read "queued" forever.
         store.delete(record.id)
