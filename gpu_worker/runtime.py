@@ -17,8 +17,10 @@ from redis import Redis
 
 from gpu_worker.analyzer import Analyzer
 from gpu_worker.devices import describe_device
+from gpu_worker.job_metrics import record_finished_job
 from gpu_worker.runner import JobRunner
-from tasks import catalog
+from gpu_worker.telemetry import GpuProbe
+from tasks import catalog, logs
 from tasks.jobs import JobStore
 from tasks.settings import Settings
 
@@ -31,7 +33,7 @@ STARTING, READY, BUSY = "starting", "ready", "busy"
 
 class WorkerRuntime:
     def __init__(self, *, name: str, settings: Settings, redis: Redis, device: str, device_label: str,
-                 analyzers: dict[str, Analyzer], runner: JobRunner):
+                 analyzers: dict[str, Analyzer], runner: JobRunner, gpu: GpuProbe | None = None):
         self.name = name
         self.settings = settings
         self.redis = redis
@@ -39,6 +41,7 @@ class WorkerRuntime:
         self.device_label = device_label
         self.analyzers = analyzers
         self.runner = runner
+        self.gpu = gpu
         self.state = STARTING
         self.current_job: str | None = None
         self._stop = threading.Event()
@@ -62,7 +65,7 @@ class WorkerRuntime:
         runner = JobRunner(store, backend, analyzers, worker=name, device_label=label,
                            max_attempts=settings.max_attempts, lock_ttl=settings.job_time_limit + 120)
         runtime = cls(name=name, settings=settings, redis=redis, device=device, device_label=label,
-                      analyzers=analyzers, runner=runner)
+                      analyzers=analyzers, runner=runner, gpu=GpuProbe.for_worker(device, environ))
         catalog.publish_analyzers(redis, [type(a).spec() for a in analyzers.values()])
         runtime.state = READY
         runtime._beat()
@@ -75,10 +78,13 @@ class WorkerRuntime:
 
     def run(self, job_id: str) -> None:
         self.state, self.current_job = BUSY, job_id
-        try:
-            self.runner.run(job_id)
-        finally:
-            self.state, self.current_job = READY, None
+        began = time.time()
+        with logs.job_context(job_id):
+            try:
+                self.runner.run(job_id)
+            finally:
+                self.state, self.current_job = READY, None
+                record_finished_job(self.runner.store, job_id, since=began)
 
     def stop(self) -> None:
         self._stop.set()
@@ -89,7 +95,9 @@ class WorkerRuntime:
 
     def info(self) -> dict[str, Any]:
         return {"name": self.name, "state": self.state, "device": self.device_label, "pid": os.getpid(),
-                "analyzers": sorted(self.analyzers), "job": self.current_job, "heartbeat_at": time.time()}
+                "analyzers": sorted(self.analyzers), "job": self.current_job, "heartbeat_at": time.time(),
+                # GPU memory and utilisation, relayed by the API's /metrics; None on a CPU worker.
+                "gpu": self.gpu.sample() if self.gpu is not None else None}
 
     def _beat(self) -> None:
         catalog.publish_heartbeat(self.redis, self.name, self.info(), self.settings.heartbeat_ttl)

@@ -28,3 +28,8 @@ WORKERS = f"{PREFIX}workers"
 
 def worker(name: str) -> str:
     return f"{PREFIX}worker:{name}"
+
+
+def metric(name: str) -> str:
+    """Hash holding one metric's values, by label set (see tasks/metrics.py)."""
+    return f"{PREFIX}metrics:{name}"
