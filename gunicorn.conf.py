@@ -5,6 +5,7 @@ threads keep the API answering while clients wait. Settings come from the
 environment like everything else.
 """
 
+import logging
 import multiprocessing
 import os
 
@@ -25,6 +26,7 @@ errorlog = "-"
 # gunicorn's lines and the app's in one format: text, or JSON with GPUQ_LOG_FORMAT=json,
 # each line about a job (the access line of /v1/jobs/<id> too) carrying its id.
 logconfig_dict = gunicorn_logconfig()
+logging.captureWarnings(True)
 # Build the app (and fail on bad settings) in the master, before forking.
 preload_app = True
 control_socket_disable = True

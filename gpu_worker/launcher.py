@@ -85,15 +85,18 @@ def _die_with_parent() -> None:
 
 
 class Launcher:
-    def __init__(self, slots: list[Slot], *, loglevel: str = "INFO", grace: float = 60.0):
+    def __init__(self, slots: list[Slot], *, loglevel: str = "INFO", grace: float = 60.0, quiet: bool = False):
         self.slots = slots
         self.loglevel = loglevel
         self.grace = grace
+        self.quiet = quiet
         self._stopping = False
 
     def command(self, slot: Slot) -> list[str]:
-        return [sys.executable, "-m", "celery", "-A", "gpu_worker.worker", "worker",
-                "--pool", "prefork", "--concurrency", "1", "--prefetch-multiplier", "1",
+        # --quiet drops Celery's start-up banner, the one thing it prints outside logging
+        # (so JSON logs stay one object a line).
+        return [sys.executable, "-m", "celery", *(["--quiet"] if self.quiet else []), "-A", "gpu_worker.worker",
+                "worker", "--pool", "prefork", "--concurrency", "1", "--prefetch-multiplier", "1",
                 "--hostname", slot.name, "--loglevel", self.loglevel, "--without-mingle", "--without-gossip"]
 
     def start(self, slot: Slot) -> None:
@@ -176,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     slots = plan_slots(env, state_dir)
     job_limit = float(env.get("GPUQ_JOB_TIME_LIMIT", "3600"))
     grace = float(env.get("GPUQ_STOP_GRACE", str(job_limit + 30)))
-    return Launcher(slots, loglevel=env.get("GPUQ_LOG_LEVEL", "INFO"), grace=grace).run()
+    return Launcher(slots, loglevel=env.get("GPUQ_LOG_LEVEL", "INFO"), grace=grace,
+                    quiet=logs.log_format(env) == "json").run()
 
 
 if __name__ == "__main__":

@@ -139,6 +139,7 @@ def configure(level: str | int = "INFO", environ: Mapping[str, str] | None = Non
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+    logging.captureWarnings(True)  # warnings become log lines too, in the same format
 
 
 def connect_celery() -> None:
@@ -154,6 +155,11 @@ def connect_celery() -> None:
         configure(loglevel or "INFO")
 
     signals.setup_logging.connect(_setup, weak=False, dispatch_uid="gpuq.logs")
+    # Celery warns of a few things before it sets logging up (running as root,
+    # say). In a process with no logging yet (a celery command, not gunicorn),
+    # JSON starts now, so that those are JSON lines like the rest.
+    if log_format() == "json" and not logging.getLogger().handlers:
+        configure()
 
 
 def gunicorn_logconfig(environ: Mapping[str, str] | None = None) -> dict[str, Any]:

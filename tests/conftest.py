@@ -58,3 +58,18 @@ def api_server(stack_env, artifacts, workers):
 @pytest.fixture(scope="session")
 def api(api_server) -> str:
     return api_server[1]
+
+
+@pytest.fixture(scope="session")
+def compose_stack(tmp_path_factory):
+    """docker-compose.yml (with its CPU override) started as local processes; see tests/compose.py."""
+    from tests.compose import COMPOSE_FILE, CPU_OVERRIDE, LocalCompose, load
+
+    env = {"REDIS_PASSWORD": "compose-test-password", "FLOWER_BASIC_AUTH": "ops:compose-test-secret",
+           "GPUQ_API_WORKERS": "2"}
+    stack = LocalCompose(load(COMPOSE_FILE, CPU_OVERRIDE), env, tmp_path_factory.mktemp("compose"))
+    try:
+        stack.up()
+        yield stack
+    finally:
+        stack.down()
