@@ -126,7 +126,8 @@ class FleetCollector(Collector):
             live.add_metric([name], n)
         yield live
 
-        busy = GaugeMetricFamily("gpuq_worker_busy", "Whether each live worker is running a job (1) or idle (0).",
+        busy = GaugeMetricFamily("gpuq_worker_busy",
+                                 "Whether each live worker was running a job (1) or idle (0) at its last heartbeat.",
                                  labels=["worker", "device"])
         used = GaugeMetricFamily("gpuq_gpu_memory_used_bytes", "GPU memory in use on each worker's GPU (NVML).",
                                  labels=["worker", "gpu"])
