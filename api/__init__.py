@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 
 from flask import Flask, g, request
-from redis import Redis
 
 from api.errors import register_error_handlers
 from api.health import health
@@ -26,8 +25,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app = Flask("gpuq")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.json.sort_keys = False
-    redis = Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=3,
-                           health_check_interval=30)
+    redis = settings.connect_redis(socket_timeout=5, socket_connect_timeout=3, health_check_interval=30)
     app.extensions["gpuq"] = Services(
         settings=settings,
         redis=redis,

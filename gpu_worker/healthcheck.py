@@ -16,6 +16,7 @@ import sys
 from redis import Redis
 
 from tasks import catalog
+from tasks.settings import Settings
 
 __all__ = ["main", "serving_workers"]
 
@@ -29,12 +30,9 @@ def serving_workers(redis: Redis, host: str) -> list[str]:
 
 def main() -> int:
     host = os.environ.get("GPUQ_HOSTNAME") or socket.gethostname()
-    url = os.environ.get("GPUQ_REDIS_URL", "")
-    if not url:
-        print("unhealthy: GPUQ_REDIS_URL is not set")
-        return 1
     try:
-        names = serving_workers(Redis.from_url(url, socket_timeout=3, socket_connect_timeout=3), host)
+        redis = Settings.from_env().connect_redis(socket_timeout=3, socket_connect_timeout=3)
+        names = serving_workers(redis, host)
     except Exception as error:  # any failure to read the heartbeats is a failed check
         print(f"unhealthy: cannot read worker heartbeats: {type(error).__name__}: {error}")
         return 1

@@ -58,7 +58,7 @@ class WorkerRuntime:
             analyzer.setup(device)
             analyzers[cls_.name] = analyzer
             log.info("%s: analyzer %r ready on %s in %.2fs", name, cls_.name, label, time.perf_counter() - began)
-        redis = Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=5,
+        redis = settings.connect_redis(socket_timeout=10, socket_connect_timeout=5,
                                health_check_interval=30)
         store = JobStore(redis, result_ttl=settings.result_ttl, tombstone_ttl=settings.tombstone_ttl,
                          input_ttl=settings.input_ttl)

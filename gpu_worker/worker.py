@@ -20,7 +20,6 @@ from billiard.exceptions import WorkerLostError
 from celery import signals
 from celery.exceptions import TimeLimitExceeded
 from kombu import Exchange, Queue
-from redis import Redis
 
 from gpu_worker.registry import DEFAULT_ANALYZERS, resolve_analyzers
 from gpu_worker.runtime import WorkerRuntime
@@ -85,7 +84,7 @@ def _stop_runtime(**_) -> None:
 @lru_cache(maxsize=1)
 def _parent_store() -> JobStore:
     """A store for the parent process, which records what its child could not."""
-    redis = Redis.from_url(_settings.redis_url, socket_timeout=10, socket_connect_timeout=5)
+    redis = _settings.connect_redis(socket_timeout=10, socket_connect_timeout=5)
     return JobStore(redis, result_ttl=_settings.result_ttl, tombstone_ttl=_settings.tombstone_ttl,
                     input_ttl=_settings.input_ttl)
 
