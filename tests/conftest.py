@@ -60,9 +60,13 @@ def api(api_server) -> str:
     return api_server[1]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def compose_stack(tmp_path_factory):
-    """docker-compose.yml (with its CPU override) started as local processes; see tests/compose.py."""
+    """docker-compose.yml (with its CPU override) started as local processes; see tests/compose.py.
+
+    Per module, so that its five processes do not stay up (and load the two
+    cores) through the rest of the suite.
+    """
     from tests.compose import COMPOSE_FILE, CPU_OVERRIDE, LocalCompose, load
 
     env = {"REDIS_PASSWORD": "compose-test-password", "FLOWER_BASIC_AUTH": "ops:compose-test-secret",
