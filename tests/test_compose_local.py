@@ -2,7 +2,7 @@
 
 Each service starts from its own command and environment in the compose file
 (CPU variant), with service names on loopback and ports moved to free ones;
-readiness is each service's own health check. See tests/compose.py.
+readiness is each service's own health check. See tests/local_compose.py.
 """
 
 from __future__ import annotations
