@@ -38,6 +38,13 @@ def test_counters_and_histograms_move_as_jobs_run_and_every_worker_agrees(api):
     ids = [submit(api, {"analyzer": "simulate", "params": {"seconds": 0.2}}).json()["id"] for _ in range(3)]
     assert submit(api, {"analyzer": "simulate", "params": {"seconds": "soon"}}).status_code == 422
     assert submit(api, {"analyzer": "no-such-thing"}).status_code == 422
+    not_an_image = requests.post(f"{api}/v1/jobs", data={"analyzer": "digits"},
+                                 files={"file": ("seven.png", b"plain text", "image/png")}, timeout=10)
+    assert not_an_image.status_code == 415
+    over_the_server_limit = requests.post(f"{api}/v1/jobs", data={"analyzer": "digits"},
+                                          files={"file": ("big.png", b"\x89PNG\r\n\x1a\n" + bytes(5 << 20))},
+                                          timeout=30)
+    assert over_the_server_limit.status_code == 413  # the form was never read: counted, analyzer unknown
     for job_id in ids:
         assert wait_for_status(api, job_id, {"succeeded"})["status"] == "succeeded"
 
@@ -57,6 +64,8 @@ def test_counters_and_histograms_move_as_jobs_run_and_every_worker_agrees(api):
     assert delta("gpuq_jobs_accepted_total", analyzer="simulate") == 3
     assert delta("gpuq_jobs_rejected_total", analyzer="simulate", reason="invalid_field") == 1
     assert delta("gpuq_jobs_rejected_total", analyzer="", reason="unknown_analyzer") == 1
+    assert delta("gpuq_jobs_rejected_total", analyzer="digits", reason="unsupported_media_type") == 1
+    assert delta("gpuq_jobs_rejected_total", analyzer="", reason="payload_too_large") == 1
     for histogram in ("gpuq_job_queue_wait_seconds", "gpuq_job_run_seconds", "gpuq_job_total_seconds"):
         assert delta(f"{histogram}_count", analyzer="simulate", status="succeeded") == 3, histogram
         assert delta(f"{histogram}_bucket", analyzer="simulate", status="succeeded", le="+Inf") == 3
