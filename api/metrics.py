@@ -45,7 +45,10 @@ def count_submission(response: Response) -> Response:
     svc = services()
     try:
         if response.status_code == 202:
-            job_metrics.count(svc.redis, job_metrics.JOBS_ACCEPTED, (response.get_json() or {}).get("analyzer", ""))
+            # A replay of an earlier request (same Idempotency-Key) accepted no new job.
+            if response.headers.get("Idempotent-Replayed") != "true":
+                job_metrics.count(svc.redis, job_metrics.JOBS_ACCEPTED,
+                                  (response.get_json() or {}).get("analyzer", ""))
             return response
         reason = ((response.get_json(silent=True) or {}).get("error") or {}).get("code") or str(response.status_code)
         if reason == "unavailable":
