@@ -62,6 +62,9 @@ def count_submission(response: Response) -> Response:
 def _requested_analyzer(svc: Services) -> str:
     """The analyzer the request named, if it is one the fleet serves; else "" (no label per typo)."""
     name = None
+    limit = request.max_content_length
+    if limit is not None and (request.content_length or 0) > limit:
+        return ""  # refused unread: reading the body now would only be refused again
     if request.mimetype == "application/json":
         body = request.get_json(silent=True)
         name = body.get("analyzer") if isinstance(body, dict) else None
