@@ -74,6 +74,14 @@ result_backend_transport_options = {
     "socket_timeout": _socket_timeout,
     "socket_connect_timeout": _socket_timeout,
 }
+# Sentinel: "sentinel://h1:26379;sentinel://h2:26379" names the sentinels; both
+# the broker and the result backend need the master's name beside it.
+if urlsplit(_redis_url.split(";")[0]).scheme == "sentinel":
+    _master = os.environ.get("GPUQ_REDIS_SENTINEL_MASTER", "").strip()
+    if not _master:
+        raise RuntimeError("GPUQ_REDIS_URL is a sentinel:// URL: set GPUQ_REDIS_SENTINEL_MASTER to the master's name")
+    broker_transport_options["master_name"] = _master
+    result_backend_transport_options["master_name"] = _master
 redis_socket_timeout = _socket_timeout
 redis_socket_connect_timeout = _socket_timeout
 # A result write while Redis restarts waits for it rather than losing the result.

@@ -5,8 +5,11 @@ threads keep the API answering while clients wait. Settings come from the
 environment like everything else.
 """
 
+import logging
 import multiprocessing
 import os
+
+from tasks.logs import gunicorn_logconfig
 
 wsgi_app = "api:create_app()"
 bind = os.environ.get("GPUQ_API_BIND", f"{os.environ.get('GPUQ_API_HOST', '127.0.0.1')}:"
@@ -20,6 +23,10 @@ graceful_timeout = 30
 keepalive = 5
 accesslog = os.environ.get("GPUQ_API_ACCESS_LOG", "-") or None  # empty: no access log
 errorlog = "-"
+# gunicorn's lines and the app's in one format: text, or JSON with GPUQ_LOG_FORMAT=json,
+# each line about a job (the access line of /v1/jobs/<id> too) carrying its id.
+logconfig_dict = gunicorn_logconfig()
+logging.captureWarnings(True)
 # Build the app (and fail on bad settings) in the master, before forking.
 preload_app = True
 control_socket_disable = True

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask
-from redis import Redis
+from flask import Flask, g, request
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.retry import Retry
@@ -13,7 +12,9 @@ from redis.retry import Retry
 from api.errors import register_error_handlers
 from api.health import health
 from api.jobs import jobs
+from api.metrics import metrics
 from api.services import Services
+from tasks import logs
 from tasks.app import create_celery
 from tasks.jobs import JobStore
 from tasks.settings import Settings
@@ -29,9 +30,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.json.sort_keys = False
     # Fail fast when Redis is away (503 within seconds, never a hang), but retry
     # once on a broken pooled connection, as every one is after a Redis restart.
-    redis = Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=1,
-                           health_check_interval=30,
-                           retry=Retry(NoBackoff(), retries=1, supported_errors=(RedisConnectionError,)))
+    redis = settings.connect_redis(socket_timeout=2, socket_connect_timeout=1,
+                                   health_check_interval=30,
+                                   retry=Retry(NoBackoff(), retries=1, supported_errors=(RedisConnectionError,)))
     app.extensions["gpuq"] = Services(
         settings=settings,
         redis=redis,
@@ -41,6 +42,24 @@ def create_app(settings: Settings | None = None) -> Flask:
     )
     app.register_blueprint(jobs)
     app.register_blueprint(health)
+    app.register_blueprint(metrics)
     register_error_handlers(app)
+    _tag_job_log_lines(app)
     logging.getLogger("gpuq").setLevel(logging.INFO)
     return app
+
+
+def _tag_job_log_lines(app: Flask) -> None:
+    """Lines logged while serving ``/v1/jobs/<job_id>`` carry that job's id."""
+
+    @app.before_request
+    def _bind():
+        job_id = (request.view_args or {}).get("job_id")
+        if job_id:
+            g.gpuq_log_token = logs.bind_job(job_id)
+
+    @app.teardown_request
+    def _unbind(_error=None):
+        token = g.pop("gpuq_log_token", None)
+        if token is not None:
+            logs.unbind_job(token)

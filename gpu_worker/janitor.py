@@ -1,16 +1,23 @@
 """The janitor: finds jobs whose worker died and delivers them again.
 
-When a whole worker is killed, its job's message waits in Redis's unacked
+When a whole worker is killed, the messages it held wait in kombu's unacked
 hash until the visibility timeout (hours, by design: it must exceed the
-longest job). Rather than wait that long, every worker's main process sweeps
-the jobs marked running: one whose lock holder has been dead for a full
-heartbeat TTL is put back to ``queued`` and its message pushed again, in one
-script. The attempt counter in its record bounds how often that happens, and
-the lock makes the late, restored original harmless.
+longest job). Rather than wait that long, every worker's main process sweeps:
+
+- jobs marked running whose lock holder has been dead for a full heartbeat
+  TTL are put back to ``queued`` and their message pushed again, in one script;
+- messages unacknowledged for that long whose job is still ``queued`` were
+  taken by a worker that died before starting them (a live worker starts what
+  it takes at once): they go back to their queue, as kombu's own restore would;
+- unacknowledged messages of finished jobs are dropped (their ack was lost).
+
+The attempt counter in the record bounds how often a job is delivered again,
+and the per-job lock makes any late duplicate harmless.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -20,7 +27,7 @@ from celery import Celery
 from gpu_worker.joblock import JobLock
 from tasks import keys
 from tasks.app import queue_for
-from tasks.jobs import CANCELED, CANCELING, RUNNING, JobStore
+from tasks.jobs import CANCELED, CANCELING, QUEUED, RUNNING, JobStore
 from tasks.publish import job_message
 
 __all__ = ["Janitor"]
@@ -41,6 +48,18 @@ return 1
 """
 
 
+# KEYS: unacked hash, unacked index, queue. ARGV: delivery tag, the message to push back ('' drops it).
+# Moves (or drops) one unacknowledged message, unless its consumer acked it meanwhile.
+_RESTORE_UNACKED = """
+local raw = redis.call('HGET', KEYS[1], ARGV[1])
+if not raw then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+if ARGV[2] ~= '' then redis.call('LPUSH', KEYS[3], ARGV[2]) end
+return 1
+"""
+
+
 class Janitor:
     def __init__(self, store: JobStore, lock: JobLock, celery_app: Celery, *, dead_after: float, interval: float):
         self.store = store
@@ -50,6 +69,7 @@ class Janitor:
         self.interval = interval
         self._suspects: dict[tuple[str, str], float] = {}
         self._requeue = store.redis.register_script(_REQUEUE)
+        self._restore_unacked = store.redis.register_script(_RESTORE_UNACKED)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -92,8 +112,33 @@ class Janitor:
             queue = queue_for(record.analyzer)
             if self._requeue(keys=[keys.job(job_id), keys.job_lock(job_id), queue, keys.RUNNING,
                                    keys.job_events(job_id)],
-                             args=[holder, job_message(self.celery_app, job_id, queue), job_id]):
+                             args=[holder, job_message(self.celery_app, job_id, record.analyzer, queue), job_id]):
                 log.warning("job %s: its worker (%s) is gone; delivered again", job_id, holder or "no lock")
                 acted.append(job_id)
         self._suspects = {k: v for k, v in self._suspects.items() if k in seen}
+        return acted + self.sweep_unacked()
+
+    def sweep_unacked(self) -> list[str]:
+        """Give back messages held by dead consumers; drop those of finished jobs."""
+        acted = []
+        stale = self.store.redis.zrangebyscore(keys.KOMBU_UNACKED_INDEX, 0, time.time() - self.dead_after)
+        for tag in stale:
+            raw = self.store.redis.hget(keys.KOMBU_UNACKED, tag)
+            if raw is None:
+                continue
+            message, _exchange, routing_key = json.loads(raw)
+            job_id = message.get("headers", {}).get("id", "")
+            record = self.store.get(job_id)
+            if record is not None and record.status == QUEUED:
+                push = json.dumps(message)
+            elif record is None or record.is_terminal:
+                push = ""
+            else:
+                continue  # running: the lock and the sweep above decide
+            if self._restore_unacked(keys=[keys.KOMBU_UNACKED, keys.KOMBU_UNACKED_INDEX, routing_key],
+                                     args=[tag, push]):
+                if push:
+                    log.warning("job %s: taken by a worker that died before starting it; back in %s",
+                                job_id, routing_key)
+                acted.append(job_id)
         return acted

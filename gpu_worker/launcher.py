@@ -30,6 +30,7 @@ from pathlib import Path
 from gpu_worker.devices import discover_gpus
 from gpu_worker.registry import DEFAULT_ANALYZERS
 from gpu_worker.routing import route_analyzers
+from tasks import logs
 from tasks.settings import SettingsError
 
 __all__ = ["Launcher", "Slot", "plan_slots", "main"]
@@ -56,7 +57,8 @@ class Slot:
 
 
 def plan_slots(environ: dict[str, str], state_dir: Path) -> list[Slot]:
-    host = socket.gethostname()
+    # In a container the hostname is its id: GPUQ_HOSTNAME names the machine instead.
+    host = environ.get("GPUQ_HOSTNAME") or socket.gethostname()
     gpus = discover_gpus(environ)
     if gpus:
         specs = [(f"gpu{gpu}@{host}", {"CUDA_VISIBLE_DEVICES": gpu, "GPUQ_DEVICE": "cuda"}) for gpu in gpus]
@@ -75,7 +77,10 @@ def plan_slots(environ: dict[str, str], state_dir: Path) -> list[Slot]:
         ready = state_dir / f"{name.split('@')[0]}.ready"
         env = {**environ, **extra, "GPUQ_WORKER_NAME": name, "GPUQ_READY_FILE": str(ready),
                # torch.cuda.is_available() then asks NVML instead of initialising CUDA.
-               "PYTORCH_NVML_BASED_CUDA_CHECK": "1"}
+               "PYTORCH_NVML_BASED_CUDA_CHECK": "1",
+               # CUDA numbers GPUs fastest first unless told otherwise; nvidia-smi and NVML by
+               # PCI bus. The same order makes gpu3 the card nvidia-smi and the telemetry call 3.
+               "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
         slots.append(Slot(name=name, env=env, ready_file=ready))
     return slots
 
@@ -89,15 +94,18 @@ def _die_with_parent() -> None:
 
 
 class Launcher:
-    def __init__(self, slots: list[Slot], *, loglevel: str = "INFO", grace: float = 60.0):
+    def __init__(self, slots: list[Slot], *, loglevel: str = "INFO", grace: float = 60.0, quiet: bool = False):
         self.slots = slots
         self.loglevel = loglevel
         self.grace = grace
+        self.quiet = quiet
         self._stopping = False
 
     def command(self, slot: Slot) -> list[str]:
-        return [sys.executable, "-m", "celery", "-A", "gpu_worker.worker", "worker",
-                "--pool", "prefork", "--concurrency", "1", "--prefetch-multiplier", "1",
+        # --quiet drops Celery's start-up banner, the one thing it prints outside logging
+        # (so JSON logs stay one object a line).
+        return [sys.executable, "-m", "celery", *(["--quiet"] if self.quiet else []), "-A", "gpu_worker.worker",
+                "worker", "--pool", "prefork", "--concurrency", "1", "--prefetch-multiplier", "1",
                 "--hostname", slot.name, "--loglevel", self.loglevel, "--without-mingle", "--without-gossip"]
 
     def start(self, slot: Slot) -> None:
@@ -173,8 +181,8 @@ class Launcher:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     env = dict(os.environ)
+    logs.configure(env.get("GPUQ_LOG_LEVEL", "INFO").upper(), env)
     state_dir = Path(env.get("GPUQ_STATE_DIR") or tempfile.mkdtemp(prefix="gpuq-worker-"))
     state_dir.mkdir(parents=True, exist_ok=True)
     try:
@@ -185,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
         log.info("worker %s serves %s", slot.name, slot.env.get("GPUQ_ANALYZERS", DEFAULT_ANALYZERS))
     job_limit = float(env.get("GPUQ_JOB_TIME_LIMIT", "3600"))
     grace = float(env.get("GPUQ_STOP_GRACE", str(job_limit + 30)))
-    return Launcher(slots, loglevel=env.get("GPUQ_LOG_LEVEL", "INFO"), grace=grace).run()
+    return Launcher(slots, loglevel=env.get("GPUQ_LOG_LEVEL", "INFO"), grace=grace,
+                    quiet=logs.log_format(env) == "json").run()
 
 
 if __name__ == "__main__":

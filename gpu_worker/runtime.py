@@ -22,9 +22,11 @@ from redis.retry import Retry
 from gpu_worker import registry
 from gpu_worker.analyzer import Analyzer
 from gpu_worker.devices import describe_device
+from gpu_worker.job_metrics import record_finished_job
 from gpu_worker.joblock import JobLock
 from gpu_worker.runner import JobRunner
-from tasks import catalog
+from gpu_worker.telemetry import GpuProbe
+from tasks import catalog, logs
 from tasks.jobs import JobStore
 from tasks.settings import Settings
 
@@ -35,17 +37,17 @@ log = logging.getLogger("gpuq.worker")
 STARTING, READY, BUSY = "starting", "ready", "busy"
 
 
-def worker_redis(url: str) -> Redis:
+def worker_redis(settings: Settings) -> Redis:
     """A client that rides out a Redis restart: a finished job's result must not
     be lost because Redis was away for a minute while the model ran."""
-    return Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30,
-                          retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=60),
-                          retry_on_error=[RedisConnectionError, RedisTimeoutError])
+    return settings.connect_redis(socket_timeout=10, socket_connect_timeout=5, health_check_interval=30,
+                                  retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=60),
+                                  retry_on_error=[RedisConnectionError, RedisTimeoutError])
 
 
 class WorkerRuntime:
     def __init__(self, *, name: str, settings: Settings, redis: Redis, device: str, device_label: str,
-                 analyzers: dict[str, Analyzer], runner: JobRunner):
+                 analyzers: dict[str, Analyzer], runner: JobRunner, gpu: GpuProbe | None = None):
         self.name = name
         self.settings = settings
         self.redis = redis
@@ -53,6 +55,7 @@ class WorkerRuntime:
         self.device_label = device_label
         self.analyzers = analyzers
         self.runner = runner
+        self.gpu = gpu
         self.state = STARTING
         self.current_job: str | None = None
         self._stop = threading.Event()
@@ -70,14 +73,14 @@ class WorkerRuntime:
             registry.check_loaded(analyzer)
             analyzers[cls_.name] = analyzer
             log.info("%s: analyzer %r ready on %s in %.2fs", name, cls_.name, label, time.perf_counter() - began)
-        redis = worker_redis(settings.redis_url)
+        redis = worker_redis(settings)
         store = JobStore(redis, result_ttl=settings.result_ttl, tombstone_ttl=settings.tombstone_ttl,
                          input_ttl=settings.input_ttl)
         lock = JobLock(redis, ttl=settings.job_time_limit + 120, local_worker=name)
         runner = JobRunner(store, backend, analyzers, worker=name, device_label=label,
                            max_attempts=settings.max_attempts, lock=lock)
         runtime = cls(name=name, settings=settings, redis=redis, device=device, device_label=label,
-                      analyzers=analyzers, runner=runner)
+                      analyzers=analyzers, runner=runner, gpu=GpuProbe.for_worker(device, environ))
         catalog.publish_analyzers(redis, [type(a).spec() for a in analyzers.values()])
         runtime.state = READY
         runtime._beat()
@@ -90,10 +93,13 @@ class WorkerRuntime:
 
     def run(self, job_id: str) -> None:
         self.state, self.current_job = BUSY, job_id
-        try:
-            self.runner.run(job_id)
-        finally:
-            self.state, self.current_job = READY, None
+        began = time.time()
+        with logs.job_context(job_id):
+            try:
+                self.runner.run(job_id)
+            finally:
+                self.state, self.current_job = READY, None
+                record_finished_job(self.runner.store, job_id, since=began)
 
     def stop(self) -> None:
         self._stop.set()
@@ -105,7 +111,9 @@ class WorkerRuntime:
     def info(self) -> dict[str, Any]:
         return {"name": self.name, "state": self.state, "device": self.device_label, "pid": os.getpid(),
                 "analyzers": sorted(self.analyzers), "job": self.current_job, "heartbeat_at": time.time(),
-                "weights_sha256": {name: a.weights_sha256 for name, a in self.analyzers.items()}}
+                "weights_sha256": {name: a.weights_sha256 for name, a in self.analyzers.items()},
+                # GPU memory and utilisation, relayed by the API's /metrics; None on a CPU worker.
+                "gpu": self.gpu.sample() if self.gpu is not None else None}
 
     def _beat(self) -> None:
         catalog.publish_heartbeat(self.redis, self.name, self.info(), self.settings.heartbeat_ttl)

@@ -86,7 +86,7 @@ def _stop_runtime(**_) -> None:
 @lru_cache(maxsize=1)
 def _parent_store() -> JobStore:
     """A store for the parent process, which records what its child could not."""
-    return JobStore(worker_redis(_settings.redis_url), result_ttl=_settings.result_ttl,
+    return JobStore(worker_redis(_settings), result_ttl=_settings.result_ttl,
                     tombstone_ttl=_settings.tombstone_ttl, input_ttl=_settings.input_ttl)
 
 

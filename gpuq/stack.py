@@ -72,7 +72,7 @@ def run_stack(environ: dict[str, str] | None = None) -> int:
         children["workers"] = _start("workers", [python, "-m", "gpu_worker.launcher"], env)
         flower_cmd = [python, "-m", "celery", "-A", "tasks.celery_app", "flower",
                       "--address=127.0.0.1", f"--port={flower_port}", "--persistent=True",
-                      f"--db={state / 'flower.db'}"]
+                      f"--db={state / 'flower.db'}", "--state_save_interval=60000"]
         if not env.get("FLOWER_BASIC_AUTH"):
             print("gpuq up: FLOWER_BASIC_AUTH is not set: Flower runs without a password on loopback only",
                   flush=True)

@@ -35,3 +35,13 @@ WORKERS = f"{PREFIX}workers"
 
 def worker(name: str) -> str:
     return f"{PREFIX}worker:{name}"
+
+
+def metric(name: str) -> str:
+    """Hash holding one metric's values, by label set (see tasks/metrics.py)."""
+    return f"{PREFIX}metrics:{name}"
+
+
+#: kombu's Redis transport keeps delivered, unacknowledged messages here (its defaults).
+KOMBU_UNACKED = "unacked"
+KOMBU_UNACKED_INDEX = "unacked_index"

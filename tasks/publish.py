@@ -15,14 +15,14 @@ import uuid
 
 from celery import Celery
 
-from tasks.app import RUN_TASK
+from tasks.app import RUN_TASK, task_label
 
 __all__ = ["job_message"]
 
 
-def job_message(celery_app: Celery, job_id: str, queue: str) -> str:
+def job_message(celery_app: Celery, job_id: str, analyzer: str, queue: str) -> str:
     """The JSON that kombu's Redis transport LPUSHes for ``gpuq.run(job_id)`` on ``queue``."""
-    task = celery_app.amqp.as_task_v2(job_id, RUN_TASK, args=[job_id], kwargs={})
+    task = celery_app.amqp.as_task_v2(job_id, RUN_TASK, args=[job_id], kwargs={}, shadow=task_label(analyzer))
     body = json.dumps(task.body).encode()
     return json.dumps({
         "body": base64.b64encode(body).decode(),

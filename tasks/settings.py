@@ -10,6 +10,10 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
+from redis import Redis
+
+from tasks.redis_client import connect
+
 __all__ = ["Settings", "SettingsError"]
 
 
@@ -49,6 +53,12 @@ class Settings:
                 raise SettingsError(f"GPUQ_QUEUE_LIMITS entry {entry!r} is not name=number")
             limits[name.strip()] = int(value)
         return limits
+    #: Name of the Redis master when ``redis_url`` is a ``sentinel://`` URL.
+    redis_sentinel_master: str = ""
+
+    def connect_redis(self, **options) -> Redis:
+        """A client of the configured Redis (following the master when it is a Sentinel URL)."""
+        return connect(self.redis_url, sentinel_master=self.redis_sentinel_master, **options)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> Settings:

@@ -106,7 +106,7 @@ def submit_job(store: JobStore, celery_app: Celery, *, analyzer: str, input_byte
         keys=[keys.job(record.id), keys.job_input(record.id), queue,
               keys.idempotency(idempotency_key or "")],
         args=[json.dumps(encode_fields(fields)), store.queued_record_ttl, input_bytes, store.input_ttl,
-              job_message(celery_app, record.id, queue), max_queue_depth,
+              job_message(celery_app, record.id, analyzer, queue), max_queue_depth,
               f"{fingerprint}|{record.id}" if idempotency_key else "", store.queued_record_ttl],
     )
     status, detail = status.decode(), detail.decode()

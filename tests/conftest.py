@@ -93,3 +93,23 @@ def routed_stack(tmp_path_factory):
             api_process.stop()
         workers.stop(timeout=30)
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def compose_stack(tmp_path_factory):
+    """docker-compose.yml (with its CPU override) started as local processes; see tests/local_compose.py.
+
+    Per module, so that its five processes do not stay up (and load the two
+    cores) through the rest of the suite.
+    """
+    from tests.compose import COMPOSE_FILE, CPU_OVERRIDE, load
+    from tests.local_compose import LocalCompose
+
+    env = {"REDIS_PASSWORD": "compose-test-password", "FLOWER_BASIC_AUTH": "ops:compose-test-secret",
+           "GPUQ_API_WORKERS": "2"}
+    stack = LocalCompose(load(COMPOSE_FILE, CPU_OVERRIDE), env, tmp_path_factory.mktemp("compose"))
+    try:
+        stack.up()
+        yield stack
+    finally:
+        stack.down()

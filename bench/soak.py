@@ -1,0 +1,134 @@
+"""Soak: a steady stream of jobs while a worker is killed every minute.
+
+Starts its own Redis (AOF), two CPU workers under the launcher and the API,
+submits jobs of the counting fault analyzer at a steady rate for the given
+time, SIGKILLs one worker's main process every ``--kill-every`` seconds, then
+drains and reports: jobs accepted, succeeded, failed, lost (must be 0),
+duplicated runs (a job finished twice, or two runs at once), the API
+workers' memory growth, and Redis memory once the result TTLs have passed.
+
+    .venv/bin/python bench/soak.py [--minutes 10] [--rate 4] [--kill-every 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import requests
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.stack import Stack, parent_pid  # noqa: E402
+
+RESULT_TTL = 20
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def api_worker_pids(stack: Stack) -> list[int]:
+    pid = stack.api_process.pid
+    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, default=10)
+    parser.add_argument("--rate", type=float, default=4, help="jobs submitted per second")
+    parser.add_argument("--seconds", type=float, default=0.2, help="run time of each job")
+    parser.add_argument("--kill-every", type=float, default=60)
+    parser.add_argument("--drain", type=float, default=300, help="seconds to wait for the last jobs")
+    args = parser.parse_args()
+
+    stack = Stack(Path(tempfile.mkdtemp(prefix="gpuq-soak-")), GPUQ_RESULT_TTL=str(RESULT_TTL),
+                  GPUQ_TOMBSTONE_TTL="5", GPUQ_INPUT_TTL="600").start(workers=2)
+    try:
+        redis_before = stack.redis.info("memory")["used_memory"]
+        session = requests.Session()
+        for _ in range(20):  # warm the API up before taking its memory
+            session.get(f"{stack.url}/v1/analyzers", timeout=5)
+        api_before = {pid: rss_mb(pid) for pid in api_worker_pids(stack)}
+        ids: list[str] = []
+        refused = Counter()
+        kills = 0
+        stop = threading.Event()
+
+        def killer() -> None:
+            nonlocal kills
+            while not stop.wait(args.kill_every):
+                workers = stack.live_workers()
+                if workers:
+                    victim = workers[kills % len(workers)]
+                    os.kill(parent_pid(victim["pid"]), signal.SIGKILL)
+                    kills += 1
+                    print(f"  killed worker {victim['name']} (pid {parent_pid(victim['pid'])})", flush=True)
+
+        threading.Thread(target=killer, daemon=True).start()
+        began = time.monotonic()
+        next_at = began
+        while time.monotonic() - began < args.minutes * 60:
+            response = session.post(f"{stack.url}/v1/jobs", json={"analyzer": "faulty",
+                                                                    "params": {"seconds": args.seconds}}, timeout=10)
+            if response.status_code == 202:
+                ids.append(response.json()["id"])
+            else:
+                refused[response.status_code] += 1
+            next_at += 1 / args.rate
+            time.sleep(max(0.0, next_at - time.monotonic()))
+        stop.set()
+        print(f"submitted for {args.minutes:g} min; draining {len(ids)} jobs", flush=True)
+
+        statuses, duplicates, deadline = Counter(), 0, time.monotonic() + args.drain
+        pending = list(ids)
+        while pending and time.monotonic() < deadline:
+            still = []
+            for job_id in pending:
+                job = session.get(f"{stack.url}/v1/jobs/{job_id}", timeout=5).json()
+                if job.get("status") in ("succeeded", "failed", "canceled"):
+                    statuses[job["status"]] += 1
+                    done = int(stack.redis.get(f"test:done:{job_id}") or 0)
+                    most = int(stack.redis.get(f"test:maxactive:{job_id}") or 0)
+                    duplicates += done > 1 or most > 1
+                else:
+                    still.append(job_id)
+            pending = still
+            if pending:
+                time.sleep(1)
+        if pending:
+            left_statuses = Counter(session.get(f"{stack.url}/v1/jobs/{j}", timeout=5).json().get("status")
+                                    for j in pending)
+            print(f"not finished: {dict(left_statuses)}; queue {stack.redis.llen('gpuq.faulty')}, "
+                  f"unacked {stack.redis.hlen('unacked')}; workers {[w['name'] for w in stack.live_workers()]}")
+        api_after = {pid: rss_mb(pid) for pid in api_worker_pids(stack)}
+        for key in stack.redis.scan_iter("test:*"):  # the bench's own counters
+            stack.redis.delete(key)
+        time.sleep(RESULT_TTL + 10)
+        redis_after = stack.redis.info("memory")["used_memory"]
+        left = sum(1 for _ in stack.redis.scan_iter("gpuq:job:*"))
+
+        print(f"accepted {len(ids)}  refused {dict(refused)}  workers killed {kills}")
+        print(f"succeeded {statuses['succeeded']}  failed {statuses['failed']}  lost {len(pending)}  "
+              f"duplicated runs {duplicates}")
+        growth = {pid: round(api_after.get(pid, 0) - mb, 1) for pid, mb in api_before.items()}
+        print(f"API worker RSS before {[round(v, 1) for v in api_before.values()]} MB, growth {growth} MB")
+        print(f"Redis used_memory before {redis_before / 1e6:.2f} MB, after TTLs {redis_after / 1e6:.2f} MB "
+              f"(ratio {redis_after / redis_before:.2f}); job records left {left}")
+        return 0 if not pending and not duplicates else 1
+    finally:
+        stack.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
