@@ -25,7 +25,7 @@ import time
 from celery import Celery
 
 from gpu_worker.joblock import JobLock
-from tasks import keys
+from tasks import catalog, keys
 from tasks.app import queue_for
 from tasks.jobs import CANCELED, CANCELING, QUEUED, RUNNING, JobStore
 from tasks.publish import job_message
@@ -34,7 +34,7 @@ __all__ = ["Janitor"]
 
 log = logging.getLogger("gpuq.janitor")
 
-# KEYS: job, lock, queue, running set, events.
+# KEYS: job, lock, queue, running set, events, queued index, queue sequence.
 # ARGV: lock holder seen dead ('' for none), message, job id.
 _REQUEUE = """
 if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
@@ -43,21 +43,39 @@ redis.call('DEL', KEYS[2])
 redis.call('HSET', KEYS[1], 'status', 'queued', 'worker', '', 'device', '', 'progress', '')
 redis.call('SREM', KEYS[4], ARGV[3])
 redis.call('LPUSH', KEYS[3], ARGV[2])
+redis.call('ZADD', KEYS[6], redis.call('INCR', KEYS[7]), ARGV[3])
 redis.call('PUBLISH', KEYS[5], 'queued')
 return 1
 """
 
 
-# KEYS: unacked hash, unacked index, queue. ARGV: delivery tag, the message to push back ('' drops it).
+# KEYS: unacked hash, unacked index, queue, queued index, queue sequence.
+# ARGV: delivery tag, the message to push back ('' drops it), job id.
 # Moves (or drops) one unacknowledged message, unless its consumer acked it meanwhile.
 _RESTORE_UNACKED = """
 local raw = redis.call('HGET', KEYS[1], ARGV[1])
 if not raw then return 0 end
 redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
-if ARGV[2] ~= '' then redis.call('LPUSH', KEYS[3], ARGV[2]) end
+if ARGV[2] ~= '' then
+  redis.call('LPUSH', KEYS[3], ARGV[2])
+  redis.call('ZADD', KEYS[4], redis.call('INCR', KEYS[5]), ARGV[3])
+end
 return 1
 """
+
+# KEYS: job, queue, queued index, queue sequence. ARGV: message, job id.
+# Pushes a job's message again if the job is still queued.
+_REPUSH = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'queued' then return 0 end
+redis.call('LPUSH', KEYS[2], ARGV[1])
+redis.call('ZADD', KEYS[3], redis.call('INCR', KEYS[4]), ARGV[2])
+return 1
+"""
+
+
+#: Messages read from a queue's oldest end to find one whose push is numbered.
+_TAIL_PROBE = 20
 
 
 class Janitor:
@@ -68,8 +86,10 @@ class Janitor:
         self.dead_after = dead_after
         self.interval = interval
         self._suspects: dict[tuple[str, str], float] = {}
+        self._lost_suspects: dict[tuple[str, str], float] = {}
         self._requeue = store.redis.register_script(_REQUEUE)
         self._restore_unacked = store.redis.register_script(_RESTORE_UNACKED)
+        self._repush = store.redis.register_script(_REPUSH)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -111,12 +131,12 @@ class Janitor:
                 continue
             queue = queue_for(record.analyzer)
             if self._requeue(keys=[keys.job(job_id), keys.job_lock(job_id), queue, keys.RUNNING,
-                                   keys.job_events(job_id)],
+                                   keys.job_events(job_id), keys.queued_index(queue), keys.queue_sequence(queue)],
                              args=[holder, job_message(self.celery_app, job_id, record.analyzer, queue), job_id]):
                 log.warning("job %s: its worker (%s) is gone; delivered again", job_id, holder or "no lock")
                 acted.append(job_id)
         self._suspects = {k: v for k, v in self._suspects.items() if k in seen}
-        return acted + self.sweep_unacked()
+        return acted + self.sweep_unacked() + self.sweep_lost_deliveries()
 
     def sweep_unacked(self) -> list[str]:
         """Give back messages held by dead consumers; drop those of finished jobs."""
@@ -135,10 +155,63 @@ class Janitor:
                 push = ""
             else:
                 continue  # running: the lock and the sweep above decide
-            if self._restore_unacked(keys=[keys.KOMBU_UNACKED, keys.KOMBU_UNACKED_INDEX, routing_key],
-                                     args=[tag, push]):
+            if self._restore_unacked(keys=[keys.KOMBU_UNACKED, keys.KOMBU_UNACKED_INDEX, routing_key,
+                                           keys.queued_index(routing_key), keys.queue_sequence(routing_key)],
+                                     args=[tag, push, job_id]):
                 if push:
                     log.warning("job %s: taken by a worker that died before starting it; back in %s",
                                 job_id, routing_key)
                 acted.append(job_id)
         return acted
+
+    def sweep_lost_deliveries(self, now: float | None = None) -> list[str]:
+        """Push again the messages that a consumer popped and died before recording.
+
+        kombu's Redis transport pops with BRPOP and only then writes the message
+        to its unacked hash; a worker killed in between (or a BRPOP that Redis
+        answers to a connection already dead) takes the message with it. The
+        list is FIFO and every push is numbered, so every queued job numbered
+        below the oldest message still in the list has been popped: one that is
+        in no consumer's unacked hash for a whole heartbeat TTL was lost.
+        """
+        now = time.monotonic() if now is None else now
+        redis, acted = self.store.redis, []
+        in_delivery = {json.loads(raw)[0].get("headers", {}).get("id") for raw in redis.hvals(keys.KOMBU_UNACKED)}
+        seen = set()
+        for queue in self._queues():
+            index = keys.queued_index(queue)
+            oldest = self._oldest_number(queue, index)
+            for raw_id in redis.zrangebyscore(index, "-inf", f"({oldest}" if oldest is not None else "+inf"):
+                job_id = raw_id.decode()
+                record = self.store.get(job_id)
+                if record is None or record.status != QUEUED:
+                    redis.zrem(index, job_id)
+                    continue
+                if job_id in in_delivery:
+                    continue
+                suspect = (job_id, "lost")
+                seen.add(suspect)
+                if now - self._lost_suspects.setdefault(suspect, now) < self.dead_after:
+                    continue
+                message = job_message(self.celery_app, job_id, record.analyzer, queue)
+                if self._repush(keys=[keys.job(job_id), queue, index, keys.queue_sequence(queue)],
+                                args=[message, job_id]):
+                    log.warning("job %s: its message was lost in delivery to a dead worker; pushed again", job_id)
+                    acted.append(job_id)
+        self._lost_suspects = {k: v for k, v in self._lost_suspects.items() if k in seen}
+        return acted
+
+    def _queues(self) -> list[str]:
+        return [queue_for(name) for name in catalog.analyzer_specs(self.store.redis)]
+
+    def _oldest_number(self, queue: str, index: str) -> float | None:
+        """The push number of the oldest message still in ``queue`` (None: the list is empty)."""
+        tail = self.store.redis.lrange(queue, -_TAIL_PROBE, -1)
+        if not tail:
+            return None
+        for raw in reversed(tail):  # the tail end is the oldest
+            job_id = json.loads(raw).get("headers", {}).get("id", "")
+            number = self.store.redis.zscore(index, job_id)
+            if number is not None:
+                return number
+        return float("-inf")  # none of the oldest is numbered (retries): judge nothing this time

@@ -26,6 +26,16 @@ def idempotency(key: str) -> str:
     return f"{PREFIX}idempotency:{key}"
 
 
+def queued_index(queue: str) -> str:
+    """Jobs pushed onto ``queue``, scored by their push's place in it (see ``queue_sequence``)."""
+    return f"{PREFIX}queued:{queue}"
+
+
+def queue_sequence(queue: str) -> str:
+    """Counter numbering every push onto ``queue``: the list holds them oldest at its tail."""
+    return f"{PREFIX}seq:{queue}"
+
+
 #: Jobs whose record says running or canceling: what the janitor checks for dead workers.
 RUNNING = f"{PREFIX}running"
 

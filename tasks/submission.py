@@ -28,9 +28,10 @@ from tasks.publish import job_message
 
 __all__ = ["Accepted", "IdempotencyConflict", "QueueFull", "submit_job"]
 
-# KEYS: job, input, queue, idempotency key (ignored when ARGV[7] is empty).
+# KEYS: job, input, queue, idempotency key (ignored when ARGV[7] is empty),
+#       the queue's index of queued jobs, the queue's sequence counter.
 # ARGV: record fields (JSON object of strings), record TTL, input bytes, input TTL,
-#       message, queue depth limit (0: none), idempotency value, idempotency TTL.
+#       message, queue depth limit (0: none), idempotency value, idempotency TTL, job id.
 _SUBMIT = """
 if ARGV[7] ~= '' then
   local existing = redis.call('GET', KEYS[4])
@@ -51,6 +52,7 @@ redis.call('HSET', KEYS[1], unpack(flat))
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 redis.call('SET', KEYS[2], ARGV[3], 'EX', ARGV[4])
 redis.call('LPUSH', KEYS[3], ARGV[5])
+redis.call('ZADD', KEYS[5], redis.call('INCR', KEYS[6]), ARGV[9])
 if ARGV[7] ~= '' then redis.call('SET', KEYS[4], ARGV[7], 'EX', ARGV[8]) end
 return {'created', ''}
 """
@@ -104,10 +106,10 @@ def submit_job(store: JobStore, celery_app: Celery, *, analyzer: str, input_byte
     fields = {k: v for k, v in record.__dict__.items() if v is not None}
     status, detail = _submit_script(store.redis)(
         keys=[keys.job(record.id), keys.job_input(record.id), queue,
-              keys.idempotency(idempotency_key or "")],
+              keys.idempotency(idempotency_key or ""), keys.queued_index(queue), keys.queue_sequence(queue)],
         args=[json.dumps(encode_fields(fields)), store.queued_record_ttl, input_bytes, store.input_ttl,
               job_message(celery_app, record.id, analyzer, queue), max_queue_depth,
-              f"{fingerprint}|{record.id}" if idempotency_key else "", store.queued_record_ttl],
+              f"{fingerprint}|{record.id}" if idempotency_key else "", store.queued_record_ttl, record.id],
     )
     status, detail = status.decode(), detail.decode()
     if status == "full":

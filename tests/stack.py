@@ -115,8 +115,8 @@ class Stack:
 
         self.directory = directory
         self.redis_server = RedisServer(directory / "redis").start()
-        self.env = base_env(self.redis_server.url, GPUQ_ANALYZERS=analyzers, GPUQ_HEARTBEAT_TTL="3",
-                            GPUQ_JANITOR_INTERVAL="0.5", **env)
+        self.env = base_env(self.redis_server.url, **{"GPUQ_ANALYZERS": analyzers, "GPUQ_HEARTBEAT_TTL": "3",
+                                                      "GPUQ_JANITOR_INTERVAL": "0.5", **env})
         self.redis = redis.Redis.from_url(self.redis_server.url)
         self.workers: Process | None = None
         self.api_process: Process | None = None

@@ -139,3 +139,19 @@ def test_sigterm_to_the_launcher_mid_job_completes_it_exactly_once(make_stack):
     done = stack.job(job["id"])
     assert done["status"] == "succeeded"
     assert stack.counter("runs", job["id"]) == 1 and stack.counter("done", job["id"]) == 1
+
+
+def test_message_popped_by_a_worker_killed_while_idle_is_delivered_again(make_stack):
+    # An idle worker waits in BRPOP. Killed, its connection lives on in Redis
+    # for a few milliseconds, and a job pushed then is handed to the dead
+    # socket: the message leaves the queue and never reaches unacked. The
+    # test pops it the same way, as that dead consumer would, and drops it.
+    stack = make_stack()
+    os.kill(parent_pid(stack.live_workers()[0]["pid"]), signal.SIGKILL)
+    job = stack.submit(params={"seconds": 0})
+    popped = stack.redis.rpop("gpuq.faulty")
+    assert popped is not None and job["id"] in popped.decode()
+    done = stack.wait(job["id"], timeout=60)
+    assert done["status"] == "succeeded"
+    assert stack.counter("done", job["id"]) == 1
+    assert "lost in delivery" in stack.workers.output()
