@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.stack import Stack, parent_pid  # noqa: E402
 
-RESULT_TTL = 20
+RESULT_TTL = 60
 
 
 def rss_mb(pid: int) -> float:
@@ -64,6 +64,8 @@ def main() -> int:
         refused = Counter()
         kills = 0
         stop = threading.Event()
+        outcome: dict[str, str] = {}  # job id -> terminal status, observed before its result expires
+        duplicates = 0
 
         def killer() -> None:
             nonlocal kills
@@ -75,6 +77,25 @@ def main() -> int:
                     kills += 1
                     print(f"  killed worker {victim['name']} (pid {parent_pid(victim['pid'])})", flush=True)
 
+        def watch(until: threading.Event) -> None:
+            nonlocal duplicates
+            watcher = requests.Session()
+            while True:
+                finished_pass = until.is_set()
+                for job_id in [j for j in list(ids) if j not in outcome]:
+                    job = watcher.get(f"{stack.url}/v1/jobs/{job_id}", timeout=10).json()
+                    if job.get("status") in ("succeeded", "failed", "canceled"):
+                        outcome[job_id] = job["status"]
+                        done = int(stack.redis.get(f"test:done:{job_id}") or 0)
+                        most = int(stack.redis.get(f"test:maxactive:{job_id}") or 0)
+                        duplicates += done > 1 or most > 1
+                if finished_pass:
+                    return
+                time.sleep(0.5)
+
+        drained = threading.Event()
+        watcher_thread = threading.Thread(target=watch, args=(drained,), daemon=True)
+        watcher_thread.start()
         threading.Thread(target=killer, daemon=True).start()
         began = time.monotonic()
         next_at = began
@@ -88,24 +109,15 @@ def main() -> int:
             next_at += 1 / args.rate
             time.sleep(max(0.0, next_at - time.monotonic()))
         stop.set()
-        print(f"submitted for {args.minutes:g} min; draining {len(ids)} jobs", flush=True)
-
-        statuses, duplicates, deadline = Counter(), 0, time.monotonic() + args.drain
-        pending = list(ids)
-        while pending and time.monotonic() < deadline:
-            still = []
-            for job_id in pending:
-                job = session.get(f"{stack.url}/v1/jobs/{job_id}", timeout=5).json()
-                if job.get("status") in ("succeeded", "failed", "canceled"):
-                    statuses[job["status"]] += 1
-                    done = int(stack.redis.get(f"test:done:{job_id}") or 0)
-                    most = int(stack.redis.get(f"test:maxactive:{job_id}") or 0)
-                    duplicates += done > 1 or most > 1
-                else:
-                    still.append(job_id)
-            pending = still
-            if pending:
-                time.sleep(1)
+        print(f"submitted for {args.minutes:g} min; draining {len(ids) - len(outcome)} of {len(ids)} jobs",
+              flush=True)
+        deadline = time.monotonic() + args.drain
+        while len(outcome) < len(ids) and time.monotonic() < deadline:
+            time.sleep(1)
+        drained.set()
+        watcher_thread.join()
+        statuses = Counter(outcome.values())
+        pending = [j for j in ids if j not in outcome]
         if pending:
             left_statuses = Counter(session.get(f"{stack.url}/v1/jobs/{j}", timeout=5).json().get("status")
                                     for j in pending)
