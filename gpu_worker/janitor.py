@@ -119,11 +119,12 @@ class Janitor:
             holder = self.lock.holder(job_id) or ""
             if holder and self.lock.is_alive(holder):
                 continue
-            # Dead for a whole heartbeat TTL, not just a missed beat (Redis just restarted, say).
+            # Dead for a whole heartbeat TTL, not just a missed beat (Redis just restarted, say),
+            # unless the holder was this worker's own process: then its pid is proof enough.
             suspect = (job_id, holder)
             seen.add(suspect)
             first_seen = self._suspects.setdefault(suspect, now)
-            if now - first_seen < self.dead_after:
+            if now - first_seen < self.dead_after and not (holder and self.lock.is_local(holder)):
                 continue
             if record.status == CANCELING:
                 self.store.finish(job_id, CANCELED, [CANCELING])

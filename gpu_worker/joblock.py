@@ -54,6 +54,10 @@ class JobLock:
     def release(self, job_id: str, owner: str) -> bool:
         return bool(self._cas(keys=[keys.job_lock(job_id)], args=[owner, "", 0]))
 
+    def is_local(self, holder: str) -> bool:
+        """Whether ``holder`` was this worker's own process: its pid can then be checked directly."""
+        return holder.rpartition("|")[0] == self.local_worker
+
     def is_alive(self, holder: str) -> bool:
         """Whether the process named by ``holder`` still runs.
 
