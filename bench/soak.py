@@ -38,6 +38,15 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+def _celery_main(child_pid: int) -> int | None:
+    """The Celery main process above a pool child, if both still run."""
+    try:
+        main = parent_pid(child_pid)
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return main if main > 1 else None
+
+
 def api_worker_pids(stack: Stack) -> list[int]:
     pid = stack.api_process.pid
     return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
@@ -70,12 +79,15 @@ def main() -> int:
         def killer() -> None:
             nonlocal kills
             while not stop.wait(args.kill_every):
-                workers = stack.live_workers()
-                if workers:
-                    victim = workers[kills % len(workers)]
-                    os.kill(parent_pid(victim["pid"]), signal.SIGKILL)
+                # A heartbeat outlives its worker by up to its TTL: kill only a
+                # Celery main process that is still there.
+                mains = [(w["name"], main) for w in stack.live_workers()
+                         if (main := _celery_main(w["pid"])) is not None]
+                if mains:
+                    name, main = mains[kills % len(mains)]
+                    os.kill(main, signal.SIGKILL)
                     kills += 1
-                    print(f"  killed worker {victim['name']} (pid {parent_pid(victim['pid'])})", flush=True)
+                    print(f"  killed worker {name} (pid {main})", flush=True)
 
         def watch(until: threading.Event) -> None:
             nonlocal duplicates
@@ -129,6 +141,7 @@ def main() -> int:
         time.sleep(RESULT_TTL + 10)
         redis_after = stack.redis.info("memory")["used_memory"]
         left = sum(1 for _ in stack.redis.scan_iter("gpuq:job:*"))
+        kinds = Counter(":".join(k.decode().split(":")[:2]) for k in stack.redis.scan_iter("*"))
 
         print(f"accepted {len(ids)}  refused {dict(refused)}  workers killed {kills}")
         print(f"succeeded {statuses['succeeded']}  failed {statuses['failed']}  lost {len(pending)}  "
@@ -137,6 +150,7 @@ def main() -> int:
         print(f"API worker RSS before {[round(v, 1) for v in api_before.values()]} MB, growth {growth} MB")
         print(f"Redis used_memory before {redis_before / 1e6:.2f} MB, after TTLs {redis_after / 1e6:.2f} MB "
               f"(ratio {redis_after / redis_before:.2f}); job records left {left}")
+        print(f"keys left by kind: {dict(sorted(kinds.items()))}")
         return 0 if not pending and not duplicates else 1
     finally:
         stack.stop()

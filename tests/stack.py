@@ -157,4 +157,7 @@ class Stack:
 
 
 def parent_pid(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    if parent <= 1:  # orphaned: never hand init's pid to a test that kills what it gets
+        raise ProcessLookupError(f"process {pid} has no parent left")
+    return parent
