@@ -11,11 +11,12 @@ import argparse
 import json
 import os
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
 from gpuq.client import Client, Job
-from gpuq.client_errors import ApiError, ConnectionFailed, GpuqError, TooManyStreams, Unavailable, WaitTimeout
+from gpuq.client_errors import ApiError, ConnectionFailed, GpuqError, Unavailable, WaitTimeout
 from gpuq.progress_bar import ProgressBar
 
 __all__ = ["COMMANDS", "EXIT_API_ERROR", "EXIT_CANCELED", "EXIT_FAILED", "EXIT_OK", "EXIT_TIMEOUT",
@@ -173,13 +174,22 @@ def _batch(client: Client, args: argparse.Namespace) -> int:
 def _wait_and_show(client: Client, job_id: str, args: argparse.Namespace) -> int:
     timeout = getattr(args, "timeout", None)
     bar = None if args.json else ProgressBar(job_id[:8])
+    stop = threading.Event()
+    if bar is not None:
+        # The bar follows the event stream on its own thread; the long-poll here decides
+        # when waiting is over (the job ended, or --timeout passed), whatever the stream does.
+        threading.Thread(target=_follow, args=(client, job_id, bar, stop), daemon=True).start()
+    job = None
     try:
-        if bar is not None:
-            _follow(client, job_id, bar)
         job = client.wait(job_id, timeout=timeout)
     finally:
         if bar is not None:
-            bar.close()
+            with bar.lock:
+                stop.set()
+                if job is not None:  # the end, drawn whether or not the stream got there first
+                    bar.update(1.0 if job.succeeded else job.fraction, job.status)
+                bar.close()
+        stop.set()
     if args.json:
         _print_json(job.raw)
     else:
@@ -187,7 +197,7 @@ def _wait_and_show(client: Client, job_id: str, args: argparse.Namespace) -> int
     return {"succeeded": EXIT_OK, "canceled": EXIT_CANCELED}.get(job.status, EXIT_FAILED)
 
 
-def _follow(client: Client, job_id: str, bar: ProgressBar) -> None:
+def _follow(client: Client, job_id: str, bar: ProgressBar, stop: threading.Event) -> None:
     """Feed the bar from the job's event stream until the job ends (or streams are refused)."""
     try:
         for event in client.events(job_id):
@@ -200,9 +210,12 @@ def _follow(client: Client, job_id: str, bar: ProgressBar) -> None:
                 note = f"queued, {job.queue_position} ahead"
             if "done" in progress and "total" in progress and job.status == "running":
                 note += f" {progress['done']}/{progress['total']}"
-            bar.update(job.fraction if job.status != "queued" else 0.0, note)
-    except TooManyStreams:
-        return  # the long-poll in the caller still waits for the end
+            with bar.lock:
+                if stop.is_set():
+                    return
+                bar.update(job.fraction if job.status != "queued" else 0.0, note)
+    except GpuqError:
+        return  # no stream (too many open, say): the long-poll still waits for the end
 
 
 def _print_job(job: Job) -> None:

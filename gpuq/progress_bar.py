@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from typing import TextIO
 
@@ -21,6 +22,8 @@ class ProgressBar:
         self._last_tenth = -1
         self._last_draw = 0.0
         self._drawn = False
+        #: Held by whoever draws or closes, when more than one thread does.
+        self.lock = threading.Lock()
 
     def update(self, fraction: float | None, note: str = "") -> None:
         fraction = None if fraction is None else min(1.0, max(0.0, fraction))
