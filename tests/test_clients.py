@@ -45,7 +45,7 @@ SECRET = "test-webhook-secret"
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     s = Stack(tmp_path_factory.mktemp("clients"), analyzers="digits,simulate", GPUQ_WEBHOOK_SECRET=SECRET,
-              GPUQ_WEBHOOK_BACKOFF="0.2", GPUQ_WEBHOOK_MAX_ATTEMPTS="3", GPUQ_WEBHOOK_PROGRESS_INTERVAL="0.3",
+              GPUQ_WEBHOOK_BACKOFF="0.2", GPUQ_WEBHOOK_MAX_ATTEMPTS="3", GPUQ_WEBHOOK_PROGRESS_INTERVAL="1.0",
               GPUQ_MAX_STREAMS="3")
     try:
         yield s.start(workers=1)
@@ -180,7 +180,7 @@ def test_queue_position_and_eta(client: Client) -> None:
         assert time.monotonic() < deadline
         time.sleep(0.05)
     running = client.get(blocker.id)
-    assert running.queue_position is None and running.eta_seconds is not None and running.eta_seconds <= 3
+    assert running.queue_position is None and running.eta_seconds is not None and running.eta_seconds <= 10
     jobs = [client.get(j.id) for j in waiting]
     assert [j.queue_position for j in jobs] == [0, 1, 2]
     etas = [j.eta_seconds for j in jobs]
@@ -250,7 +250,8 @@ def test_webhooks_signed_retried_and_recorded(client: Client) -> None:
         assert {"started", "progress", "completed"} <= set(kinds), kinds
         completed = [h["event"] for h in hits if h["event"]["event"] == "completed"][-1]
         assert completed["job"]["status"] == "succeeded" and completed["job"]["result"]["seconds"] >= 1.4
-        assert kinds.count("progress") <= 6  # throttled: simulate reports every 0.1 s
+        # Throttled to one a second: the record's progress changes about every 0.25 s.
+        assert 1 <= kinds.count("progress") <= 3, kinds
         deliveries = _until(lambda: (d := client.deliveries(job.id)) and d[-1]["ok"] and d)
         assert deliveries[0]["status_code"] == 500 and not deliveries[0]["ok"] and deliveries[0]["next_attempt_at"]
         retried = [d for d in deliveries if d["delivery"] == deliveries[0]["delivery"]]
