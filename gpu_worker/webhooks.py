@@ -5,8 +5,10 @@ a worker runs one job at a time (concurrency 1, one per GPU), so a ``gpuq.webhoo
 task would wait behind hour-long GPU jobs and ``started`` would arrive after
 ``completed``. The main process never runs a model, so its thread is free to do
 I/O; like the janitor it outlives pool children. Every worker runs one, and
-they share the outbox (BRPOP hands each event to one) and the retry schedule (a
-sorted set by due time; ZREM decides which dispatcher takes a due retry).
+they share the outbox (BLMOVE hands each event to one, into a list of the
+events it holds, so a worker killed mid-delivery hands them back when it
+starts again: at least once) and the retry schedule (a sorted set by due
+time; ZREM decides which dispatcher takes a due retry).
 
 A delivery's failure is recorded and retried, never raised: a webhook that
 fails never fails its job (the job's record was written before the event).
@@ -38,7 +40,7 @@ _RETRY_AFTER_CAP = 300.0
 
 class WebhookDispatcher:
     def __init__(self, store: JobStore, settings: Settings, backend: Any = None,
-                 session: requests.Session | None = None):
+                 session: requests.Session | None = None, name: str = "dispatcher"):
         self.store = store
         self.redis = store.redis
         self.settings = settings
@@ -46,8 +48,19 @@ class WebhookDispatcher:
         self.session = session or requests.Session()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._inflight = keys.webhook_inflight(name)
+
+    def recover(self) -> int:
+        """Give back to the outbox what this dispatcher's previous life took and never handled."""
+        moved = 0
+        while self.redis.lmove(self._inflight, keys.WEBHOOK_OUTBOX, "RIGHT", "RIGHT") is not None:
+            moved += 1
+        if moved:
+            log.info("webhook dispatcher: %d events taken before a restart go out again", moved)
+        return moved
 
     def start(self) -> None:
+        self.recover()
         self._thread = threading.Thread(target=self._loop, name="gpuq-webhooks", daemon=True)
         self._thread.start()
 
@@ -67,12 +80,16 @@ class WebhookDispatcher:
         for raw in self.redis.zrangebyscore(keys.WEBHOOK_RETRIES, "-inf", time.time(), start=0, num=20):
             if self.redis.zrem(keys.WEBHOOK_RETRIES, raw):  # this dispatcher took it
                 self._attempt(json.loads(raw))
-        popped = self.redis.brpop([keys.WEBHOOK_OUTBOX], timeout=block)
-        if popped:
-            job_id, _, status = popped[1].decode().partition("|")
+        raw = self.redis.blmove(keys.WEBHOOK_OUTBOX, self._inflight, block, "RIGHT", "LEFT")
+        if raw is None:
+            return
+        try:
+            job_id, _, status = raw.decode().partition("|")
             delivery = self._new_delivery(job_id, status)
             if delivery is not None:
-                self._attempt(delivery)
+                self._attempt(delivery)  # a failure is scheduled for a retry, not raised
+        finally:
+            self.redis.lrem(self._inflight, 1, raw)
 
     def _new_delivery(self, job_id: str, status: str) -> dict[str, Any] | None:
         event = webhooks.event_for(status)

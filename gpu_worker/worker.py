@@ -109,7 +109,7 @@ def _start_janitor(**_) -> None:
                       interval=_settings.janitor_interval)
     janitor.start()
     if _settings.webhook_secret:  # without a secret the API refuses webhooks, so none are queued
-        WebhookDispatcher(_parent_store(), _settings, backend=app.backend).start()
+        WebhookDispatcher(_parent_store(), _settings, backend=app.backend, name=worker_name()).start()
 
 
 @signals.task_revoked.connect

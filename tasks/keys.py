@@ -63,6 +63,11 @@ WEBHOOK_OUTBOX = f"{PREFIX}webhooks:outbox"
 WEBHOOK_RETRIES = f"{PREFIX}webhooks:retries"
 
 
+def webhook_inflight(dispatcher: str) -> str:
+    """Outbox entries one dispatcher (named after its worker) has taken and not yet handled."""
+    return f"{PREFIX}webhooks:inflight:{dispatcher}"
+
+
 def webhook_deliveries(job_id: str) -> str:
     """List of one job's webhook delivery attempts, oldest first (``GET /v1/jobs/{id}/deliveries``)."""
     return f"{PREFIX}deliveries:{job_id}"

@@ -235,7 +235,7 @@ def _until(check, timeout: float = 20):
         time.sleep(0.1)
 
 
-def test_webhooks_signed_retried_and_recorded(client: Client) -> None:
+def test_webhooks_signed_retried_and_recorded(client: Client, stack) -> None:
     receiver = Receiver()
     try:
         job = client.submit("simulate", input=None, params={"seconds": 1.5}, webhook=receiver.url + "/flaky")
@@ -272,6 +272,18 @@ def test_webhooks_signed_retried_and_recorded(client: Client) -> None:
         assert client.wait(gone.id, timeout=30).succeeded
         failed = _until(lambda: len(d := client.deliveries(gone.id)) >= 4 and d)
         assert all(d["status_code"] is None and d["error"] for d in failed)
+
+        # Events a dispatcher took and never handled (its worker killed) go out when it starts again.
+        from gpu_worker.webhooks import WebhookDispatcher
+        from tasks import keys
+        from tasks.jobs import JobStore
+        from tasks.settings import Settings
+
+        store = JobStore(stack.redis, result_ttl=60, tombstone_ttl=60, input_ttl=60)
+        stack.redis.lpush(keys.webhook_inflight("killed"), f"{job.id}|succeeded")
+        assert WebhookDispatcher(store, Settings(redis_url="unused"), name="killed").recover() == 1
+        assert stack.redis.llen(keys.webhook_inflight("killed")) == 0
+        _until(lambda: len([h for h in receiver.events("/flaky") if h["event"]["event"] == "completed"]) == 2)
     finally:
         receiver.server.shutdown()
         receiver.server.server_close()
