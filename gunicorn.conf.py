@@ -1,8 +1,13 @@
 """Production serving of the API: ``gunicorn -c gunicorn.conf.py``.
 
-gthread workers: a long-poll (``?wait=``) holds a thread, not a process, so
-threads keep the API answering while clients wait. Settings come from the
-environment like everything else.
+gthread workers: a long-poll (``?wait=``) or an event stream
+(``/v1/jobs/{id}/events``) holds a thread, not a process, so threads keep the
+API answering while clients wait. Streams may last minutes, so each process
+serves at most ``GPUQ_MAX_STREAMS`` of them (api/events.py), fewer than its
+threads: the rest always answer submits and reads. gthread's ``timeout``
+watches the worker's main loop, not a request, so a long stream is not killed
+for it. Why not gevent: see "Event streams" in the README. Settings come from
+the environment like everything else.
 """
 
 import logging

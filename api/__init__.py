@@ -10,6 +10,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.retry import Retry
 
 from api.errors import register_error_handlers
+from api.events import events
 from api.health import health
 from api.jobs import jobs
 from api.metrics import metrics
@@ -41,6 +42,7 @@ def create_app(settings: Settings | None = None) -> Flask:
                       input_ttl=settings.input_ttl),
     )
     app.register_blueprint(jobs)
+    app.register_blueprint(events)
     app.register_blueprint(health)
     app.register_blueprint(metrics)
     register_error_handlers(app)

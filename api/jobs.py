@@ -9,8 +9,10 @@ from flask import Blueprint, request
 from api.errors import BadRequest, Conflict, Gone, NotFound, TooManyRequests, UnprocessableEntity
 from api.render import job_object
 from api.services import services
+from api.standing import standing
 from api.validation import parse_submission
 from api.waiting import wait_for_terminal
+from api.webhook_url import webhook_from_request
 from tasks.jobs import CANCELED, CANCELING, QUEUED, RUNNING, SUCCEEDED, JobRecord
 from tasks.submission import IdempotencyConflict, QueueFull, submit_job
 
@@ -28,6 +30,7 @@ def create_job():
     svc = services()
     idempotency_key = _idempotency_key()
     submission = parse_submission(request, svc.analyzers.get, svc.analyzers.names)
+    webhook = webhook_from_request(request, svc.settings.webhook_secret)
     limit = svc.queue_limits.get(submission.analyzer, submission.spec.get("max_queue_depth", 0))
     try:
         accepted = submit_job(
@@ -38,6 +41,7 @@ def create_job():
             params=submission.params,
             max_queue_depth=limit,
             idempotency_key=idempotency_key,
+            webhook=webhook,
         )
     except QueueFull as full:
         raise TooManyRequests(f"{full}; retry later", retry_after=_RETRY_AFTER_FULL, field="analyzer") from None
@@ -68,7 +72,7 @@ def get_job(job_id: str):
         if meta.get("status") != "SUCCESS":
             raise Gone(f"the result of job {job_id} has expired", field="id")
         result = meta.get("result")
-    return job_object(record, result)
+    return job_object(record, result, None if record.is_terminal else standing(svc.redis, record))
 
 
 @jobs.delete("/v1/jobs/<job_id>")

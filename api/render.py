@@ -10,7 +10,9 @@ from tasks.jobs import JobRecord
 __all__ = ["job_object"]
 
 
-def job_object(record: JobRecord, result: Any = None) -> dict[str, Any]:
+def job_object(record: JobRecord, result: Any = None, standing: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``standing``: queue position and ETA (api/standing.py), for a job not yet ended."""
+    standing = standing or {}
     return {
         "id": record.id,
         "analyzer": record.analyzer,
@@ -19,7 +21,9 @@ def job_object(record: JobRecord, result: Any = None) -> dict[str, Any]:
         "started_at": iso(record.started_at),
         "finished_at": iso(record.finished_at),
         "expires_at": iso(record.expires_at),
-        "queue_position": None,
+        "queue_position": standing.get("queue_position"),
+        "eta_seconds": standing.get("eta_seconds"),
+        "eta": standing.get("eta"),
         "progress": record.progress,
         "attempts": record.attempts,
         "worker": record.worker,
@@ -29,4 +33,5 @@ def job_object(record: JobRecord, result: Any = None) -> dict[str, Any]:
         "result": result,
         "provenance": record.provenance,
         "error": record.error,
+        "webhook": record.webhook,
     }

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 
-from tasks import metrics
+from tasks import eta, metrics
 from tasks.jobs import FAILED, SUCCEEDED, JobStore
 
 __all__ = ["record_finished_job"]
@@ -32,6 +32,8 @@ def record_finished_job(store: JobStore, job_id: str, *, since: float) -> bool:
         run_ms = timings.get("run_ms")
         run = run_ms / 1000 if isinstance(run_ms, (int, float)) else record.finished_at - record.started_at
         batch_size = timings.get("batch_size")
+        if record.status == SUCCEEDED:  # the ETA's moving average: only runs that went to the end
+            eta.record_run_seconds(store.redis, record.analyzer, run)
         return metrics.observe_job(
             store.redis, job_id, analyzer=record.analyzer, status=record.status,
             queue_wait=record.started_at - record.created_at, run=run,

@@ -25,6 +25,7 @@ from gpu_worker.janitor import Janitor
 from gpu_worker.joblock import JobLock
 from gpu_worker.registry import DEFAULT_ANALYZERS, resolve_analyzers
 from gpu_worker.runtime import WorkerRuntime, worker_redis
+from gpu_worker.webhooks import WebhookDispatcher
 from tasks.app import RUN_TASK, create_celery, queue_for
 from tasks.jobs import CANCELED, CANCELING, FAILED, QUEUED, RUNNING, JobStore
 from tasks.settings import Settings
@@ -107,6 +108,8 @@ def _start_janitor(**_) -> None:
     janitor = Janitor(_parent_store(), _parent_lock(), app, dead_after=_settings.heartbeat_ttl,
                       interval=_settings.janitor_interval)
     janitor.start()
+    if _settings.webhook_secret:  # without a secret the API refuses webhooks, so none are queued
+        WebhookDispatcher(_parent_store(), _settings, backend=app.backend, name=worker_name()).start()
 
 
 @signals.task_revoked.connect

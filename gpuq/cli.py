@@ -1,4 +1,5 @@
-"""The ``gpuq`` command: ``gpuq up`` (local stack), ``gpuq worker`` (GPU workers), ``gpuq api``."""
+"""The ``gpuq`` command: ``gpuq up`` (local stack), ``gpuq worker`` (GPU workers), ``gpuq api``,
+and the client commands of ``gpuq.commands`` (submit, status, wait, cancel, analyzers, batch)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import argparse
 import os
 import sys
 from pathlib import Path
+
+from gpuq import commands as client_commands
 
 __all__ = ["main"]
 
@@ -18,7 +21,11 @@ def main(argv: list[str] | None = None) -> int:
     worker.add_argument("--cpu-workers", type=int, help="CPU workers to start when there is no GPU (default 1)")
     api = commands.add_parser("api", help="serve the HTTP API with gunicorn")
     api.add_argument("--port", type=int, help="port (default GPUQ_API_PORT or 8000)")
+    client_commands.register(commands)
     args = parser.parse_args(argv)
+
+    if args.command in client_commands.COMMANDS:
+        return client_commands.run(args)
 
     if args.command == "up":
         from gpuq.stack import run_stack

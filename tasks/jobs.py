@@ -29,11 +29,13 @@ TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELED})
 _JSON_FIELDS = ("params", "error", "progress", "timings", "provenance")
 _FLOAT_FIELDS = ("created_at", "started_at", "finished_at", "expires_at")
 
-# KEYS: job hash, events channel, running set. ARGV: allowed statuses (JSON
+# KEYS: job hash, events channel, running set, webhook outbox. ARGV: allowed statuses (JSON
 # list), fields to set (JSON object of strings), TTL in seconds (0: leave it),
 # job id. Returns {1, previous status} when written, {0, status} when refused,
 # {} when absent. The running set follows the status, so the janitor can find
-# jobs whose worker died.
+# jobs whose worker died. A job with a webhook gets "id|new status" (empty for
+# a progress write) on the outbox in the same step, so no change, whoever
+# makes it (worker, API cancel, janitor), is missed by its webhook.
 _TRANSITION = """
 local current = redis.call('HGET', KEYS[1], 'status')
 if not current then return {} end
@@ -59,6 +61,8 @@ elseif new then
   redis.call('SREM', KEYS[3], ARGV[4])
 end
 redis.call('PUBLISH', KEYS[2], new or current)
+local hook = redis.call('HGET', KEYS[1], 'webhook')
+if hook and hook ~= '' then redis.call('LPUSH', KEYS[4], ARGV[4] .. '|' .. (new or '')) end
 return {1, current}
 """
 
@@ -82,6 +86,8 @@ class JobRecord:
     error: dict[str, Any] | None = None
     #: Which analyzer, version and weights made the result (set when the job succeeds).
     provenance: dict[str, Any] | None = None
+    #: URL told of the job's start, progress and end (see tasks/webhooks.py).
+    webhook: str | None = None
 
     @property
     def is_terminal(self) -> bool:
@@ -156,7 +162,7 @@ class JobStore:
         if to is not None:
             fields["status"] = to
         reply = self._transition(
-            keys=[keys.job(job_id), keys.job_events(job_id), keys.RUNNING],
+            keys=[keys.job(job_id), keys.job_events(job_id), keys.RUNNING, keys.WEBHOOK_OUTBOX],
             args=[json.dumps(list(allowed_from)), json.dumps(encode_fields(fields)), ttl, job_id],
         )
         if not reply:

@@ -55,3 +55,23 @@ def metric(name: str) -> str:
 #: kombu's Redis transport keeps delivered, unacknowledged messages here (its defaults).
 KOMBU_UNACKED = "unacked"
 KOMBU_UNACKED_INDEX = "unacked_index"
+
+
+#: Webhook events waiting for their first delivery attempt: "job_id|status" ("" status: progress).
+WEBHOOK_OUTBOX = f"{PREFIX}webhooks:outbox"
+#: Webhook deliveries waiting to be tried again, scored by when (epoch seconds).
+WEBHOOK_RETRIES = f"{PREFIX}webhooks:retries"
+
+
+def webhook_inflight(dispatcher: str) -> str:
+    """Outbox entries one dispatcher (named after its worker) has taken and not yet handled."""
+    return f"{PREFIX}webhooks:inflight:{dispatcher}"
+
+
+def webhook_deliveries(job_id: str) -> str:
+    """List of one job's webhook delivery attempts, oldest first (``GET /v1/jobs/{id}/deliveries``)."""
+    return f"{PREFIX}deliveries:{job_id}"
+
+
+#: Moving average of run seconds per analyzer, for the ETA of the job object.
+RUN_SECONDS = f"{PREFIX}run_seconds"

@@ -55,6 +55,18 @@ class Settings:
         return limits
     #: Name of the Redis master when ``redis_url`` is a ``sentinel://`` URL.
     redis_sentinel_master: str = ""
+    #: Key that signs webhook deliveries (HMAC-SHA256); unset: jobs with a webhook are refused (422).
+    webhook_secret: str = ""
+    #: Delivery attempts of one webhook event before it is given up.
+    webhook_max_attempts: int = 6
+    #: Seconds before the first retry of a webhook delivery; each later one waits twice as long.
+    webhook_backoff: float = 1.0
+    #: Least seconds between two ``progress`` webhook events of one job.
+    webhook_progress_interval: float = 2.0
+    #: Server-sent event streams one API process serves at once (each holds a gunicorn thread).
+    max_streams: int = 4
+    #: Seconds an event stream stays open before the client is asked to reconnect.
+    stream_max_seconds: float = 300.0
 
     def connect_redis(self, **options) -> Redis:
         """A client of the configured Redis (following the master when it is a Sentinel URL)."""

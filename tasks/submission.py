@@ -92,7 +92,7 @@ def _fingerprint(analyzer: str, params: dict[str, Any], media_type: str, data: b
 
 def submit_job(store: JobStore, celery_app: Celery, *, analyzer: str, input_bytes: bytes,
                input_media_type: str, params: dict[str, Any], max_queue_depth: int = 0,
-               idempotency_key: str | None = None) -> Accepted:
+               idempotency_key: str | None = None, webhook: str | None = None) -> Accepted:
     record = JobRecord(
         id=str(uuid.uuid4()),
         analyzer=analyzer,
@@ -100,6 +100,7 @@ def submit_job(store: JobStore, celery_app: Celery, *, analyzer: str, input_byte
         created_at=time.time(),
         input_media_type=input_media_type,
         params=params,
+        webhook=webhook,
     )
     fingerprint = _fingerprint(analyzer, params, input_media_type, input_bytes) if idempotency_key else ""
     queue = queue_for(analyzer)

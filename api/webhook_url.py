@@ -1,0 +1,51 @@
+"""The ``webhook`` of a submission: read from the request and checked, or a 422 naming it.
+
+``check_webhook_url`` is the one place a webhook URL is judged; an allow-list
+or SSRF filter (refusing private addresses) belongs there too.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from flask import Request
+
+from api.errors import UnprocessableEntity
+
+__all__ = ["check_webhook_url", "webhook_from_request"]
+
+_MAX_LENGTH = 2048
+
+
+def check_webhook_url(url: object) -> str:
+    """``url`` if it is an absolute http(s) URL with a host, else ``UnprocessableEntity``."""
+    if not isinstance(url, str) or not url:
+        raise UnprocessableEntity("webhook must be a URL string", field="webhook")
+    if len(url) > _MAX_LENGTH or not url.isprintable() or any(c.isspace() for c in url):
+        raise UnprocessableEntity(f"webhook must be a URL of at most {_MAX_LENGTH} printable characters "
+                                  "without spaces", field="webhook")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a malformed port
+    except ValueError as error:
+        raise UnprocessableEntity(f"webhook is not a valid URL: {error}", field="webhook") from None
+    if parts.scheme not in ("http", "https"):
+        raise UnprocessableEntity("webhook must be an http:// or https:// URL", field="webhook")
+    if not parts.hostname:
+        raise UnprocessableEntity("webhook must name a host", field="webhook")
+    return url
+
+
+def webhook_from_request(request: Request, secret: str) -> str | None:
+    """The checked webhook of a POST /v1/jobs (form field or JSON member), None when absent."""
+    if request.mimetype == "application/json":
+        body = request.get_json(silent=True)
+        url = body.get("webhook") if isinstance(body, dict) else None
+    else:
+        url = request.form.get("webhook")
+    if url is None or url == "":
+        return None
+    if not secret:
+        raise UnprocessableEntity("this server sends no webhooks: GPUQ_WEBHOOK_SECRET is not set",
+                                  field="webhook", code="webhooks_disabled")
+    return check_webhook_url(url)

@@ -1,0 +1,296 @@
+"""The Python client of the gpuq HTTP API, on ``requests``.
+
+    from gpuq.client import Client
+    client = Client("http://localhost:8000")
+    job = client.wait(client.submit("digits", file="seven.png").id, timeout=60)
+    print(job.result["digit"])
+
+Errors are typed (``gpuq.client_errors``, one class per error code). Answers
+``429`` (queue full) and ``503`` (Redis away) and connection failures are retried
+with exponential backoff, honouring ``Retry-After``; a submission carries an
+``Idempotency-Key`` (made up when not given), so a retried one never makes two jobs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import IO, Any
+
+import requests
+
+from gpuq.client_errors import ConnectionFailed, GpuqError, JobFailed, WaitTimeout, error_for
+
+__all__ = ["Client", "Event", "Job", "TERMINAL"]
+
+TERMINAL = frozenset({"succeeded", "failed", "canceled"})
+_MISSING: Any = object()
+#: The API's longest long-poll, seconds.
+_MAX_WAIT = 30.0
+
+
+@dataclass(frozen=True)
+class Job:
+    """A job object of the API, typed; ``raw`` keeps the whole answer."""
+
+    id: str
+    analyzer: str
+    status: str
+    created_at: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    expires_at: str | None = None
+    queue_position: int | None = None
+    eta_seconds: float | None = None
+    eta: str | None = None
+    progress: dict[str, Any] | None = None
+    attempts: int = 0
+    worker: str | None = None
+    device: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, Any] | None = None
+    result: Any = None
+    provenance: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    webhook: str | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Job:
+        known = {f.name for f in fields(cls)} - {"raw"}
+        return cls(**{k: v for k, v in data.items() if k in known}, raw=data)
+
+    @property
+    def done(self) -> bool:
+        return self.status in TERMINAL
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status == "succeeded"
+
+    @property
+    def fraction(self) -> float | None:
+        value = (self.progress or {}).get("fraction")
+        return float(value) if isinstance(value, (int, float)) else None
+
+    def raise_for_status(self) -> Job:
+        """This job, or ``JobFailed`` when it ended failed or canceled."""
+        if self.status in ("failed", "canceled"):
+            raise JobFailed(self)
+        return self
+
+
+@dataclass(frozen=True)
+class Event:
+    """One server-sent event of a job: ``kind`` is ``status``, ``progress``, ``expired`` or ``reconnect``."""
+
+    kind: str
+    job: Job | None
+    id: str | None = None
+
+
+class Client:
+    def __init__(self, url: str, api_key: str | None = None, *, timeout: float = 30.0, max_retries: int = 5,
+                 backoff: float = 0.5, max_backoff: float = 30.0):
+        self.url = url.rstrip("/")
+        self.api_key = api_key
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self._local = threading.local()  # a session per thread: map() calls from many
+
+    # -- calls ------------------------------------------------------------------
+
+    def submit(self, analyzer: str, *, file: str | os.PathLike | bytes | IO[bytes] | None = None,
+               input: Any = _MISSING, params: dict[str, Any] | None = None, idempotency_key: str | None = None,
+               webhook: str | None = None) -> Job:
+        """Submit a job: an upload (``file``: a path, bytes or a binary file) or a JSON ``input``."""
+        headers = {"Idempotency-Key": idempotency_key or str(uuid.uuid4())}
+        if file is not None:
+            if input is not _MISSING:
+                raise ValueError("give either file or input, not both")
+            name, data = _read_file(file)
+            form = {"analyzer": analyzer}
+            if params is not None:
+                form["params"] = json.dumps(params)
+            if webhook is not None:
+                form["webhook"] = webhook
+            response = self._request("POST", "/v1/jobs", headers=headers, data=form,
+                                     files={"file": (name, data, "application/octet-stream")})
+        else:
+            body: dict[str, Any] = {"analyzer": analyzer}
+            if input is not _MISSING:
+                body["input"] = input
+            if params is not None:
+                body["params"] = params
+            if webhook is not None:
+                body["webhook"] = webhook
+            response = self._request("POST", "/v1/jobs", headers=headers, json=body)
+        return Job.from_dict(response.json())
+
+    def get(self, job_id: str) -> Job:
+        return Job.from_dict(self._request("GET", f"/v1/jobs/{job_id}").json())
+
+    def wait(self, job_id: str, timeout: float | None = None) -> Job:
+        """The job once it has ended, by long-polls of up to 30 s; ``WaitTimeout`` after ``timeout`` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            remaining = _MAX_WAIT if deadline is None else deadline - time.monotonic()
+            step = max(0.0, min(_MAX_WAIT, remaining))
+            job = Job.from_dict(self._request("GET", f"/v1/jobs/{job_id}", params={"wait": f"{step:.3f}"},
+                                              timeout=step + self.timeout).json())
+            if job.done:
+                return job
+            if deadline is not None and time.monotonic() >= deadline:
+                raise WaitTimeout(f"job {job_id} is still {job.status} after {timeout:g}s", job=job)
+
+    def cancel(self, job_id: str) -> Job:
+        return Job.from_dict(self._request("DELETE", f"/v1/jobs/{job_id}").json())
+
+    def analyzers(self) -> list[dict[str, Any]]:
+        return self._request("GET", "/v1/analyzers").json()["analyzers"]
+
+    def deliveries(self, job_id: str) -> list[dict[str, Any]]:
+        """The webhook delivery attempts of a job, oldest first."""
+        return self._request("GET", f"/v1/jobs/{job_id}/deliveries").json()["deliveries"]
+
+    def events(self, job_id: str) -> Iterator[Event]:
+        """The job's server-sent events until it ends (reconnecting when the server asks to)."""
+        while True:
+            response = self._request("GET", f"/v1/jobs/{job_id}/events", stream=True,
+                                     timeout=(self.timeout, 60.0), headers={"Accept": "text/event-stream"})
+            reconnect = False
+            try:
+                for event in _parse_sse(response.iter_lines(decode_unicode=True)):
+                    if event.kind == "reconnect":
+                        reconnect = True
+                        break
+                    yield event
+                    if event.job is None or event.job.done:
+                        return
+            finally:
+                response.close()
+            if not reconnect:
+                return
+
+    def map(self, analyzer: str, inputs: Iterable[Any], *, concurrency: int = 8, params: dict[str, Any] | None = None,
+            timeout: float | None = None) -> Iterator[tuple[int, Job]]:
+        """Submit one job per input, at most ``concurrency`` at a time; yield ``(index, job)`` as each ends.
+
+        An input that is a ``Path``, bytes or a binary file is uploaded; anything else is a JSON input.
+        A job that fails is yielded like any other (check ``job.status``); an error of the API is raised.
+        """
+        def one(item: Any) -> Job:
+            if isinstance(item, (os.PathLike, bytes, bytearray)) or hasattr(item, "read"):
+                job = self.submit(analyzer, file=item, params=params)
+            else:
+                job = self.submit(analyzer, input=item, params=params)
+            return self.wait(job.id, timeout=timeout)
+
+        items = iter(enumerate(inputs))
+        with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="gpuq-map") as pool:
+            pending: dict[Future, int] = {}
+
+            def fill() -> None:
+                while len(pending) < max(1, concurrency):
+                    try:
+                        index, item = next(items)
+                    except StopIteration:
+                        return
+                    pending[pool.submit(one, item)] = index
+
+            fill()
+            try:
+                while pending:
+                    finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                    for future in finished:
+                        index = pending.pop(future)
+                        yield index, future.result()
+                    fill()
+            finally:
+                for future in pending:
+                    future.cancel()
+
+    # -- plumbing ---------------------------------------------------------------
+
+    def _session(self) -> requests.Session:
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = requests.Session()
+        return session
+
+    def _request(self, method: str, path: str, *, headers: dict[str, str] | None = None,
+                 timeout: Any = None, sleep: Callable[[float], None] = time.sleep, **kwargs: Any) -> requests.Response:
+        headers = dict(headers or {})
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        for attempt in range(self.max_retries + 1):
+            last = attempt == self.max_retries
+            delay = min(self.max_backoff, self.backoff * 2 ** attempt)
+            try:
+                response = self._session().request(method, self.url + path, headers=headers,
+                                                   timeout=timeout or self.timeout, **kwargs)
+            except (requests.ConnectionError, requests.Timeout) as error:
+                if last:
+                    raise ConnectionFailed(f"{method} {self.url}{path}: {error}") from error
+                sleep(delay)
+                continue
+            if response.status_code < 400:
+                return response
+            retry_after = _retry_after(response.headers.get("Retry-After"))
+            if response.status_code in (429, 503) and not last:
+                response.close()
+                sleep(min(self.max_backoff, max(delay, retry_after or 0.0)))
+                continue
+            try:
+                body = response.json()
+            except ValueError:
+                body = None
+            raise error_for(response.status_code, body, retry_after)
+        raise GpuqError("unreachable")  # pragma: no cover
+
+
+def _read_file(file: str | os.PathLike | bytes | IO[bytes]) -> tuple[str, bytes]:
+    if isinstance(file, (bytes, bytearray)):
+        return "upload", bytes(file)
+    if isinstance(file, (str, os.PathLike)):
+        path = Path(file)
+        return path.name, path.read_bytes()
+    return Path(getattr(file, "name", "upload")).name, file.read()
+
+
+def _retry_after(value: str | None) -> float | None:
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        return None  # an HTTP date: fall back on the backoff
+
+
+def _parse_sse(lines: Iterable[str]) -> Iterator[Event]:
+    kind, data, event_id = "message", [], None
+    for line in lines:
+        if line == "":
+            if data:
+                payload = json.loads("\n".join(data))
+                job = Job.from_dict(payload) if kind in ("status", "progress") else None
+                yield Event(kind=kind, job=job, id=event_id)
+            kind, data, event_id = "message", [], None
+        elif line.startswith(":"):
+            continue
+        else:
+            name, _, value = line.partition(":")
+            value = value[1:] if value.startswith(" ") else value
+            if name == "event":
+                kind = value
+            elif name == "data":
+                data.append(value)
+            elif name == "id":
+                event_id = value
