@@ -6,13 +6,14 @@ import time
 
 from flask import Blueprint, request
 
+from api.auth import current_tenant
 from api.errors import BadRequest, Conflict, Gone, NotFound, TooManyRequests, UnprocessableEntity
 from api.render import job_object
 from api.services import services
 from api.validation import parse_submission
 from api.waiting import wait_for_terminal
 from tasks.jobs import CANCELED, CANCELING, QUEUED, RUNNING, SUCCEEDED, JobRecord
-from tasks.submission import IdempotencyConflict, QueueFull, submit_job
+from tasks.submission import IdempotencyConflict, QueueFull, TenantQueueFull, submit_job
 
 __all__ = ["jobs"]
 
@@ -38,9 +39,14 @@ def create_job():
             params=submission.params,
             max_queue_depth=limit,
             idempotency_key=idempotency_key,
+            tenant=current_tenant(),
+            tenant_max_queued=svc.settings.tenant_max_queued,
         )
     except QueueFull as full:
         raise TooManyRequests(f"{full}; retry later", retry_after=_RETRY_AFTER_FULL, field="analyzer") from None
+    except TenantQueueFull as full:
+        raise TooManyRequests(f"{full}; retry when some have run", retry_after=_RETRY_AFTER_FULL,
+                              code="tenant_queue_full") from None
     except IdempotencyConflict as conflict:
         raise UnprocessableEntity(str(conflict), field="Idempotency-Key", code="idempotency_key_reused") from None
     headers = {"Location": f"/v1/jobs/{accepted.job_id}"}
@@ -55,6 +61,7 @@ def get_job(job_id: str):
     svc = services()
     wait = _wait_seconds(svc.settings.max_wait)
     if wait > 0:
+        _existing(svc.jobs.get(job_id), job_id)  # another tenant's job answers 404 at once, not after the wait
         record = wait_for_terminal(svc.redis, svc.jobs, job_id, wait)
     else:
         record = svc.jobs.get(job_id)
@@ -93,7 +100,8 @@ def cancel_job(job_id: str):
 
 
 def _existing(record: JobRecord | None, job_id: str) -> JobRecord:
-    if record is None:
+    # Another tenant's job is answered exactly as an unknown one: its existence is not disclosed.
+    if record is None or (record.tenant or "default") != current_tenant():
         raise NotFound(f"no job with id {job_id}", field="id")
     if record.expires_at is not None and record.expires_at < time.time():
         raise Gone(f"job {job_id} finished and its result has expired", field="id")

@@ -82,6 +82,8 @@ class JobRecord:
     error: dict[str, Any] | None = None
     #: Which analyzer, version and weights made the result (set when the job succeeds).
     provenance: dict[str, Any] | None = None
+    #: Who submitted it (api/auth.py); only that tenant sees, lists or cancels it.
+    tenant: str | None = None
 
     @property
     def is_terminal(self) -> bool:

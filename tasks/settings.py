@@ -44,6 +44,16 @@ class Settings:
     queue_limits: str = ""
     #: Seconds between the janitor's sweeps for jobs whose worker died.
     janitor_interval: float = 5.0
+    #: ``off`` runs the API without API keys (local development only); anything else needs ``api_keys``.
+    auth: str = ""
+    #: API keys as ``tenant:sha256-of-key`` entries, comma-separated (see api/auth.py).
+    api_keys: str = ""
+    #: Most queued jobs one tenant may have at once (then 429).
+    tenant_max_queued: int = 1000
+    #: Optional request rate limit per tenant, ``20/s``, ``600/m`` or ``10000/h``; empty: none.
+    rate_limit: str = ""
+    #: Hosts, addresses and CIDRs that outbound URLs may reach although they are not public.
+    url_allowlist: str = ""
 
     def queue_limit_overrides(self) -> dict[str, int]:
         limits: dict[str, int] = {}

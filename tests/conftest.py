@@ -106,6 +106,8 @@ def compose_stack(tmp_path_factory):
     from tests.local_compose import LocalCompose
 
     env = {"REDIS_PASSWORD": "compose-test-password", "FLOWER_BASIC_AUTH": "ops:compose-test-secret",
+           # sha256("compose-test-key"): tests/test_compose_local.py calls the API with that key.
+           "GPUQ_API_KEYS": "compose:08ba96ad8046e6701f51dc506a13b274cabbcbf99aaefecba50a95d9fb8f43f7",
            "GPUQ_API_WORKERS": "2"}
     stack = LocalCompose(load(COMPOSE_FILE, CPU_OVERRIDE), env, tmp_path_factory.mktemp("compose"))
     try:
