@@ -63,6 +63,15 @@ class Settings:
                 raise SettingsError(f"GPUQ_QUEUE_LIMITS entry {entry!r} is not name=number")
             limits[name.strip()] = int(value)
         return limits
+    def outbound_allowlist(self):
+        """``url_allowlist`` parsed, for ``tasks.url_safety.check_url``."""
+        from tasks.url_safety import Allowlist
+
+        try:
+            return Allowlist.parse(self.url_allowlist)
+        except ValueError as error:
+            raise SettingsError(str(error)) from None
+
     #: Name of the Redis master when ``redis_url`` is a ``sentinel://`` URL.
     redis_sentinel_master: str = ""
 
@@ -90,4 +99,5 @@ class Settings:
             raise SettingsError("GPUQ_REDIS_URL is not set: give the Redis URL, e.g. redis://127.0.0.1:6379/0")
         settings = cls(**values)
         settings.queue_limit_overrides()  # malformed limits fail here, at start-up
+        settings.outbound_allowlist()
         return settings
