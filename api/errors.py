@@ -116,7 +116,9 @@ def register_error_handlers(app: Flask) -> None:
         code = (error.name or "error").lower().replace(" ", "_")
         err = ApiError(error.description or error.name, code=code)
         err.status = error.code or 500
-        return _respond(err)
+        # A 405 names the methods the route takes (RFC 9110), as werkzeug's own answer does.
+        allow = {"Allow": ", ".join(error.valid_methods)} if getattr(error, "valid_methods", None) else None
+        return _respond(err, allow)
 
     @app.errorhandler(RedisConnectionError)
     @app.errorhandler(RedisTimeoutError)

@@ -26,7 +26,7 @@ def list_own_jobs():
     if status is not None and status not in STATUSES:
         raise BadRequest(f"status must be one of {', '.join(STATUSES)}", field="status")
     limit = _limit(request.args.get("limit"))
-    cursor = request.args.get("cursor") or None
+    cursor = request.args.get("cursor")
     if cursor is not None:
         try:
             decode_cursor(cursor)

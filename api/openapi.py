@@ -12,6 +12,8 @@ from typing import Any
 
 from flask import Blueprint
 
+from tasks.tenants import CURSOR_PATTERN
+
 __all__ = ["document", "openapi"]
 
 openapi = Blueprint("openapi", __name__)
@@ -19,6 +21,8 @@ openapi = Blueprint("openapi", __name__)
 _STATUSES = ["queued", "running", "canceling", "succeeded", "failed", "canceled"]
 _NULLABLE_TIME = {"type": "string", "nullable": True}
 _NULLABLE_OBJECT = {"type": "object", "nullable": True}
+
+_ANALYZER = {"type": "string", "minLength": 1, "description": "an analyzer's name: GET /v1/analyzers"}
 
 _SCHEMAS: dict[str, Any] = {
     "Error": {
@@ -51,13 +55,13 @@ _SCHEMAS: dict[str, Any] = {
     },
     "JobSubmission": {
         "type": "object", "required": ["analyzer"],
-        "properties": {"analyzer": {"type": "string"}, "input": {}, "params": {"type": "object"}},
+        "properties": {"analyzer": _ANALYZER, "input": {}, "params": {"type": "object"}},
     },
     "FormSubmission": {
         "type": "object", "required": ["analyzer"],
-        "properties": {"analyzer": {"type": "string"}, "file": {"type": "string", "format": "binary"},
-                       "params": {"type": "string", "description": "a JSON object"},
-                       "input": {"type": "string", "description": "JSON"}},
+        "properties": {"analyzer": _ANALYZER, "file": {"type": "string", "format": "binary"},
+                       "params": {"type": "object", "description": "a JSON object, sent as JSON text"},
+                       "input": {"description": "JSON, for analyzers that take a JSON input"}},
     },
     "Analyzers": {
         "type": "object", "required": ["analyzers"],
@@ -88,10 +92,13 @@ def _json(description: str, schema: str, headers: dict | None = None) -> dict[st
 
 _RETRY_AFTER = {"Retry-After": {"schema": {"type": "string"}, "description": "seconds to wait"}}
 _LOCATION = {"Location": {"schema": {"type": "string"}, "description": "the job's URL"}}
-_KEYED = {"401": _error("no API key, or not a valid one"),
+# gunicorn's own answer (HTML) to a request line over its limit, before the app sees it.
+_TOO_LONG = {"414": {"description": "request line too long (gunicorn)",
+                     "content": {"text/html": {"schema": {"type": "string"}}}}}
+_KEYED = {**_TOO_LONG, "401": _error("no API key, or not a valid one"),
           "429": {**_error("over the tenant's rate limit"), "headers": _RETRY_AFTER},
           "503": {**_error("Redis unreachable"), "headers": _RETRY_AFTER}}
-_JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
+_JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string", "maxLength": 64}}
 
 
 def document() -> dict[str, Any]:
@@ -113,7 +120,8 @@ def document() -> dict[str, Any]:
                                     "schema": {"type": "string", "minLength": 1, "maxLength": 255}}],
                     "requestBody": {"required": True, "content": {
                         "application/json": {"schema": {"$ref": "#/components/schemas/JobSubmission"}},
-                        "multipart/form-data": {"schema": {"$ref": "#/components/schemas/FormSubmission"}}}},
+                        "multipart/form-data": {"schema": {"$ref": "#/components/schemas/FormSubmission"},
+                                                "encoding": {"params": {"contentType": "application/json"}}}}},
                     "responses": {
                         "202": _json("accepted", "Job", _LOCATION),
                         "400": _error("malformed request"), "413": _error("over a size limit"),
@@ -131,7 +139,9 @@ def document() -> dict[str, Any]:
                          "schema": {"type": "string", "enum": _STATUSES}},
                         {"name": "limit", "in": "query", "required": False,
                          "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20}},
-                        {"name": "cursor", "in": "query", "required": False, "schema": {"type": "string"}},
+                        {"name": "cursor", "in": "query", "required": False,
+                         "schema": {"type": "string", "pattern": CURSOR_PATTERN},
+                         "description": "next_cursor of the page before"},
                     ],
                     "responses": {"200": _json("the caller's jobs, newest first", "JobList"),
                                   "400": _error("a parameter is not valid"), **_KEYED},

@@ -8,6 +8,7 @@ round trip per page and drops entries whose record has expired.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from redis import Redis
@@ -15,12 +16,17 @@ from redis import Redis
 from tasks import keys
 from tasks.jobs import JobRecord
 
-__all__ = ["JobPage", "decode_cursor", "encode_cursor", "list_jobs"]
+__all__ = ["CURSOR_PATTERN", "JobPage", "decode_cursor", "encode_cursor", "list_jobs"]
 
 #: Index entries read per round trip while a status filter skips records.
 _CHUNK = 100
 #: Most index entries one listing call reads, so a rare status cannot make it scan without end.
 _SCAN_LIMIT = 5000
+
+
+#: What ``encode_cursor`` makes: a creation time and a job id (a UUID).
+CURSOR_PATTERN = r"^[0-9]+(\.[0-9]+)?(e[+-]?[0-9]+)?_[0-9a-f-]{1,64}$"
+_CURSOR = re.compile(CURSOR_PATTERN)
 
 
 @dataclass(frozen=True)
@@ -36,11 +42,10 @@ def encode_cursor(created_at: float, job_id: str) -> str:
 
 def decode_cursor(cursor: str) -> tuple[float, str]:
     """(created time, job id) of the last job a page gave; ValueError when malformed."""
-    score, sep, job_id = cursor.partition("_")
-    value = float(score)
-    if not sep or not job_id or value != value or len(job_id) > 64:  # value != value: NaN
+    if not _CURSOR.fullmatch(cursor):
         raise ValueError(cursor)
-    return value, job_id
+    score, _, job_id = cursor.partition("_")
+    return float(score), job_id
 
 
 def list_jobs(redis: Redis, tenant: str, *, limit: int, status: str | None = None,
