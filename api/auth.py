@@ -2,7 +2,7 @@
 
 Keys come from ``GPUQ_API_KEYS`` as ``tenant:sha256hex`` entries, so the
 configuration holds no usable secret: a leaked environment or ``ps`` output
-gives hashes, not keys. ``python -m api.auth TENANT`` makes a key and its entry.
+gives hashes, not keys. ``python -m api.keygen TENANT`` makes a key and its entry.
 Auth is on unless ``GPUQ_AUTH=off`` says otherwise, and the API refuses to
 start with neither keys nor that switch, so a forgotten variable never serves
 an open API by accident.
@@ -15,7 +15,6 @@ import hmac
 import logging
 import re
 import secrets
-import sys
 from dataclasses import dataclass
 
 from flask import Flask, g, request
@@ -63,7 +62,7 @@ class ApiKeys:
             tenant, _, digest = entry.partition(":")
             if not _TENANT.match(tenant) or not _SHA256_HEX.match(digest):
                 raise SettingsError(f"GPUQ_API_KEYS entry {entry[:80]!r} is not tenant:sha256hex "
-                                    f"(make one with `python -m api.auth TENANT`)")
+                                    f"(make one with `python -m api.keygen TENANT`)")
             entries.append((tenant, bytes.fromhex(digest)))
         return cls(tuple(entries))
 
@@ -101,7 +100,7 @@ def install_auth(app: Flask, settings: Settings) -> None:
     keys = ApiKeys.parse(settings.api_keys)
     if not keys.entries:
         raise SettingsError("no API keys: set GPUQ_API_KEYS=tenant:sha256hex[,...] (make one with "
-                            "`python -m api.auth TENANT`), or GPUQ_AUTH=off for local development")
+                            "`python -m api.keygen TENANT`), or GPUQ_AUTH=off for local development")
 
     @app.before_request
     def _authenticate():
@@ -116,16 +115,3 @@ def install_auth(app: Flask, settings: Settings) -> None:
         g.gpuq_tenant = tenant
         return None
 
-
-def _main(argv: list[str]) -> int:
-    if len(argv) != 1:
-        print("usage: python -m api.auth TENANT   (prints a new key, and its GPUQ_API_KEYS entry)", file=sys.stderr)
-        return 2
-    key, entry = new_key(argv[0])
-    print(f"key (give it to the tenant; it is not stored anywhere): {key}")
-    print(f"GPUQ_API_KEYS entry: {entry}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(_main(sys.argv[1:]))

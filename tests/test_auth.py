@@ -101,7 +101,7 @@ def test_keys_are_hashed_and_compared_without_early_exit():
 
 
 def test_new_key_cli_prints_a_key_and_its_entry():
-    out = subprocess.run([sys.executable, "-m", "api.auth", "team-c"], cwd=ROOT, capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-m", "api.keygen", "team-c"], cwd=ROOT, capture_output=True, text=True,
                          check=True).stdout
     key = out.split("): ", 1)[1].splitlines()[0].strip()
     entry = out.rsplit("entry: ", 1)[1].strip()
