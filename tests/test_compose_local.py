@@ -12,11 +12,12 @@ import json
 import pytest
 import requests
 
+from tests.compose import API_KEY
 from tests.stack import ROOT
 
 SEVEN = ROOT / "examples" / "seven.png"
-#: Its SHA-256 is the compose stack's GPUQ_API_KEYS entry (tests/conftest.py): compose runs with auth on.
-KEY = {"Authorization": "Bearer compose-test-key"}
+#: Compose runs with auth on (tests/conftest.py gives it this key's hash).
+KEY = {"Authorization": f"Bearer {API_KEY}"}
 
 
 @pytest.fixture(scope="module")
