@@ -123,7 +123,9 @@ def document() -> dict[str, Any]:
                         "multipart/form-data": {"schema": {"$ref": "#/components/schemas/FormSubmission"},
                                                 "encoding": {"params": {"contentType": "application/json"}}}}},
                     "responses": {
-                        "202": _json("accepted", "Job", _LOCATION),
+                        "202": {**_json("accepted", "Job", _LOCATION), "links": {
+                            "GetJob": {"operationId": "getJob", "parameters": {"job_id": "$response.body#/id"}},
+                            "CancelJob": {"operationId": "cancelJob", "parameters": {"job_id": "$response.body#/id"}}}},
                         "400": _error("malformed request"), "413": _error("over a size limit"),
                         "415": _error("not a type the analyzer takes"),
                         "422": _error("a field is not valid"),
