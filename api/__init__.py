@@ -9,11 +9,15 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.retry import Retry
 
+from api.auth import install_auth
 from api.errors import register_error_handlers
 from api.events import events
 from api.health import health
 from api.jobs import jobs
+from api.listing import listing
 from api.metrics import metrics
+from api.openapi import openapi
+from api.ratelimit import install_rate_limit
 from api.services import Services
 from tasks import logs
 from tasks.app import create_celery
@@ -41,8 +45,13 @@ def create_app(settings: Settings | None = None) -> Flask:
         jobs=JobStore(redis, result_ttl=settings.result_ttl, tombstone_ttl=settings.tombstone_ttl,
                       input_ttl=settings.input_ttl),
     )
+    # Auth first: the rate limit counts per tenant, and nothing else runs for a caller without a key.
+    install_auth(app, settings)
+    install_rate_limit(app, settings)
     app.register_blueprint(jobs)
     app.register_blueprint(events)
+    app.register_blueprint(listing)
+    app.register_blueprint(openapi)
     app.register_blueprint(health)
     app.register_blueprint(metrics)
     register_error_handlers(app)

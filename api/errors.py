@@ -15,7 +15,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 __all__ = ["ApiError", "BadRequest", "Conflict", "Gone", "NotFound", "PayloadTooLarge",
-           "ServiceUnavailable", "TooManyRequests", "UnprocessableEntity", "UnsupportedMediaType",
+           "ServiceUnavailable", "TooManyRequests", "Unauthorized", "UnprocessableEntity", "UnsupportedMediaType",
            "register_error_handlers"]
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,11 @@ class PayloadTooLarge(ApiError):
     status, code = 413, "payload_too_large"
 
 
+class Unauthorized(ApiError):
+    """Raised when a request has no API key, or one that is not valid."""
+    status, code = 401, "unauthorized"
+
+
 class NotFound(ApiError):
     """Raised for an unknown job id or route."""
     status, code = 404, "not_found"
@@ -71,11 +76,11 @@ class Conflict(ApiError):
 
 
 class TooManyRequests(ApiError):
-    """Raised when the analyzer's queue is full; the client should retry later."""
+    """Raised when a queue or a tenant's share is full, or its rate spent; the client should retry later."""
     status, code = 429, "queue_full"
 
-    def __init__(self, message: str, retry_after: int, field: str | None = None):
-        super().__init__(message, field=field)
+    def __init__(self, message: str, retry_after: int, field: str | None = None, code: str | None = None):
+        super().__init__(message, field=field, code=code)
         self.retry_after = retry_after
 
 
@@ -96,7 +101,10 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def _api_error(error: ApiError):
         retry_after = getattr(error, "retry_after", None)
-        return _respond(error, {"Retry-After": str(retry_after)} if retry_after else None)
+        headers = {"Retry-After": str(retry_after)} if retry_after else {}
+        if isinstance(error, Unauthorized):
+            headers["WWW-Authenticate"] = 'Bearer realm="gpuq"'
+        return _respond(error, headers)
 
     @app.errorhandler(RequestEntityTooLarge)
     def _too_large(error):
@@ -108,7 +116,9 @@ def register_error_handlers(app: Flask) -> None:
         code = (error.name or "error").lower().replace(" ", "_")
         err = ApiError(error.description or error.name, code=code)
         err.status = error.code or 500
-        return _respond(err)
+        # A 405 names the methods the route takes (RFC 9110), as werkzeug's own answer does.
+        allow = {"Allow": ", ".join(error.valid_methods)} if getattr(error, "valid_methods", None) else None
+        return _respond(err, allow)
 
     @app.errorhandler(RedisConnectionError)
     @app.errorhandler(RedisTimeoutError)

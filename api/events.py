@@ -18,12 +18,12 @@ from collections.abc import Iterator
 
 from flask import Blueprint, Response, current_app
 
-from api.errors import Gone, NotFound, ServiceUnavailable
+from api.errors import ServiceUnavailable
+from api.jobs import visible_job
 from api.render import job_object
 from api.services import services
 from api.standing import standing
 from tasks import keys, webhooks
-from tasks.jobs import JobRecord
 
 __all__ = ["events"]
 
@@ -38,7 +38,7 @@ _RETRY_AFTER_BUSY = 2
 @events.get("/v1/jobs/<job_id>/events")
 def job_events(job_id: str):
     svc = services()
-    _existing(svc.jobs.get(job_id), job_id)
+    visible_job(svc.jobs.get(job_id), job_id)
     slots = _stream_slots(svc.settings.max_streams)
     if not slots.acquire(blocking=False):
         busy = ServiceUnavailable(f"this API process already serves {svc.settings.max_streams} event streams; "
@@ -62,7 +62,7 @@ def job_events(job_id: str):
 @events.get("/v1/jobs/<job_id>/deliveries")
 def job_deliveries(job_id: str):
     svc = services()
-    record = _existing(svc.jobs.get(job_id), job_id)
+    record = visible_job(svc.jobs.get(job_id), job_id)
     return {"job_id": job_id, "webhook": record.webhook, "deliveries": webhooks.read_deliveries(svc.redis, job_id)}
 
 
@@ -103,11 +103,3 @@ def _event(number: int, kind: str, data: dict) -> str:
 
 def _stream_slots(limit: int) -> threading.BoundedSemaphore:
     return current_app.extensions.setdefault("gpuq.streams", threading.BoundedSemaphore(limit))
-
-
-def _existing(record: JobRecord | None, job_id: str) -> JobRecord:
-    if record is None:
-        raise NotFound(f"no job with id {job_id}", field="id")
-    if record.expires_at is not None and record.expires_at < time.time():
-        raise Gone(f"job {job_id} finished and its result has expired", field="id")
-    return record

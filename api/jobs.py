@@ -6,6 +6,7 @@ import time
 
 from flask import Blueprint, request
 
+from api.auth import current_tenant
 from api.errors import BadRequest, Conflict, Gone, NotFound, TooManyRequests, UnprocessableEntity
 from api.render import job_object
 from api.services import services
@@ -14,7 +15,7 @@ from api.validation import parse_submission
 from api.waiting import wait_for_terminal
 from api.webhook_url import webhook_from_request
 from tasks.jobs import CANCELED, CANCELING, QUEUED, RUNNING, SUCCEEDED, JobRecord
-from tasks.submission import IdempotencyConflict, QueueFull, submit_job
+from tasks.submission import IdempotencyConflict, QueueFull, TenantQueueFull, submit_job
 
 __all__ = ["jobs"]
 
@@ -30,7 +31,7 @@ def create_job():
     svc = services()
     idempotency_key = _idempotency_key()
     submission = parse_submission(request, svc.analyzers.get, svc.analyzers.names)
-    webhook = webhook_from_request(request, svc.settings.webhook_secret)
+    webhook = webhook_from_request(request, svc.settings)
     limit = svc.queue_limits.get(submission.analyzer, submission.spec.get("max_queue_depth", 0))
     try:
         accepted = submit_job(
@@ -42,15 +43,20 @@ def create_job():
             max_queue_depth=limit,
             idempotency_key=idempotency_key,
             webhook=webhook,
+            tenant=current_tenant(),
+            tenant_max_queued=svc.settings.tenant_max_queued,
         )
     except QueueFull as full:
         raise TooManyRequests(f"{full}; retry later", retry_after=_RETRY_AFTER_FULL, field="analyzer") from None
+    except TenantQueueFull as full:
+        raise TooManyRequests(f"{full}; retry when some have run", retry_after=_RETRY_AFTER_FULL,
+                              code="tenant_queue_full") from None
     except IdempotencyConflict as conflict:
         raise UnprocessableEntity(str(conflict), field="Idempotency-Key", code="idempotency_key_reused") from None
     headers = {"Location": f"/v1/jobs/{accepted.job_id}"}
     if accepted.replayed:
         headers["Idempotent-Replayed"] = "true"
-        return job_object(_existing(svc.jobs.get(accepted.job_id), accepted.job_id)), 202, headers
+        return job_object(visible_job(svc.jobs.get(accepted.job_id), accepted.job_id)), 202, headers
     return job_object(accepted.record), 202, headers
 
 
@@ -59,10 +65,11 @@ def get_job(job_id: str):
     svc = services()
     wait = _wait_seconds(svc.settings.max_wait)
     if wait > 0:
+        visible_job(svc.jobs.get(job_id), job_id)  # another tenant's job answers 404 at once, not after the wait
         record = wait_for_terminal(svc.redis, svc.jobs, job_id, wait)
     else:
         record = svc.jobs.get(job_id)
-    record = _existing(record, job_id)
+    record = visible_job(record, job_id)
     result = None
     if record.status == SUCCEEDED:
         # Read through the API's own fail-fast client, not the backend's retrying one.
@@ -78,7 +85,7 @@ def get_job(job_id: str):
 @jobs.delete("/v1/jobs/<job_id>")
 def cancel_job(job_id: str):
     svc = services()
-    record = _existing(svc.jobs.get(job_id), job_id)
+    record = visible_job(svc.jobs.get(job_id), job_id)
     # A queued job is canceled outright; the worker checks the record before
     # running, so it is skipped even if its message is already reserved.
     if svc.jobs.finish(job_id, CANCELED, [QUEUED], error=None):
@@ -93,11 +100,13 @@ def cancel_job(job_id: str):
         else:
             raise Conflict(f"job {job_id} has already {record.status if status is None else status}",
                            field="id", code="already_finished")
-    return job_object(_existing(svc.jobs.get(job_id), job_id)), 202
+    return job_object(visible_job(svc.jobs.get(job_id), job_id)), 202
 
 
-def _existing(record: JobRecord | None, job_id: str) -> JobRecord:
-    if record is None:
+def visible_job(record: JobRecord | None, job_id: str) -> JobRecord:
+    """The record if the caller may see it; 404 for an unknown or another tenant's job, 410 once expired."""
+    # Another tenant's job is answered exactly as an unknown one: its existence is not disclosed.
+    if record is None or (record.tenant or "default") != current_tenant():
         raise NotFound(f"no job with id {job_id}", field="id")
     if record.expires_at is not None and record.expires_at < time.time():
         raise Gone(f"job {job_id} finished and its result has expired", field="id")

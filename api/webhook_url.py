@@ -11,6 +11,8 @@ from urllib.parse import urlsplit
 from flask import Request
 
 from api.errors import UnprocessableEntity
+from tasks.settings import Settings
+from tasks.url_safety import UnsafeUrl, check_url
 
 __all__ = ["check_webhook_url", "webhook_from_request"]
 
@@ -36,7 +38,7 @@ def check_webhook_url(url: object) -> str:
     return url
 
 
-def webhook_from_request(request: Request, secret: str) -> str | None:
+def webhook_from_request(request: Request, settings: Settings) -> str | None:
     """The checked webhook of a POST /v1/jobs (form field or JSON member), None when absent."""
     if request.mimetype == "application/json":
         body = request.get_json(silent=True)
@@ -45,7 +47,15 @@ def webhook_from_request(request: Request, secret: str) -> str | None:
         url = request.form.get("webhook")
     if url is None or url == "":
         return None
-    if not secret:
+    if not settings.webhook_secret:
         raise UnprocessableEntity("this server sends no webhooks: GPUQ_WEBHOOK_SECRET is not set",
                                   field="webhook", code="webhooks_disabled")
-    return check_webhook_url(url)
+    url = check_webhook_url(url)
+    # No server-side request forgery: a webhook may not reach loopback, private or
+    # link-local addresses unless GPUQ_URL_ALLOWLIST names them. The dispatcher checks again
+    # when it calls, since the name may resolve differently by then.
+    try:
+        check_url(url, settings.outbound_allowlist())
+    except UnsafeUrl as error:
+        raise UnprocessableEntity(f"webhook refused: {error}", field="webhook", code="unsafe_url") from None
+    return url

@@ -21,6 +21,7 @@ import numpy as np
 from gpu_worker.analyzer import InvalidInput
 
 __all__ = [
+    "MAX_DECODED_BYTES",
     "MAX_ELEMENTS",
     "MAX_FRAMES",
     "MAX_PIXELS",
@@ -35,6 +36,9 @@ MAX_PIXELS = 40_000_000
 MAX_FRAMES = 100_000
 #: Most array elements in one .npy or HDF5 dataset (256 MiB as float32).
 MAX_ELEMENTS = 64 * 2**20
+#: Most bytes one .npy or HDF5 array may take once read: a compressed (or never
+#: written, fill-value) HDF5 dataset of a few KiB can otherwise claim gigabytes.
+MAX_DECODED_BYTES = 256 * 2**20
 #: Images larger than this (longest side) are shrunk first: 8x8 needs no more.
 _WORK_SIDE = 512
 #: Fraction of the ink's full strength that counts as ink when cropping; lower
@@ -220,6 +224,8 @@ def _check_array(shape: tuple[int, ...], dtype: np.dtype, what: str) -> None:
     size = int(np.prod(shape, dtype=np.int64))
     if size > MAX_ELEMENTS:
         raise InvalidInput(f"{what} holds {size} elements; the limit is {MAX_ELEMENTS}")
+    if size * dtype.itemsize > MAX_DECODED_BYTES:
+        raise InvalidInput(f"{what} takes {size * dtype.itemsize} bytes once read; the limit is {MAX_DECODED_BYTES}")
 
 
 def _load_npy(data: bytes) -> np.ndarray:

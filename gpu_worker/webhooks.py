@@ -29,6 +29,7 @@ import requests
 from tasks import keys, webhooks
 from tasks.jobs import SUCCEEDED, JobStore
 from tasks.settings import Settings
+from tasks.url_safety import UnsafeUrl, check_url
 
 __all__ = ["WebhookDispatcher"]
 
@@ -129,15 +130,20 @@ class WebhookDispatcher:
                    webhooks.EVENT_HEADER: delivery["event"], webhooks.DELIVERY_HEADER: delivery["delivery"]}
         began = time.perf_counter()
         status_code, error, retry_after = None, None, 0.0
+        unsafe = False
         try:
+            # Checked again now, not only at submit: the name may resolve elsewhere by now.
+            check_url(delivery["url"], self.settings.outbound_allowlist())
             response = self.session.post(delivery["url"], data=body, headers=headers, timeout=_TIMEOUT,
                                          allow_redirects=False)
             status_code = response.status_code
             retry_after = _seconds(response.headers.get("Retry-After"))
+        except UnsafeUrl as exc:
+            error, unsafe = f"refused: {exc}"[:300], True
         except requests.RequestException as exc:
             error = f"{type(exc).__name__}: {exc}"[:300]
         ok = status_code is not None and 200 <= status_code < 300
-        retryable = not ok and (status_code is None or status_code >= 500 or status_code == 429)
+        retryable = not ok and not unsafe and (status_code is None or status_code >= 500 or status_code == 429)
         attempt = delivery["attempt"]
         next_at = None
         if retryable and attempt < self.settings.webhook_max_attempts:

@@ -49,6 +49,11 @@ def run_stack(environ: dict[str, str] | None = None) -> int:
     api_port = env.setdefault("GPUQ_API_PORT", "8000")
     flower_port = env.setdefault("GPUQ_FLOWER_PORT", "5555")
     env.setdefault("GPUQ_STATE_DIR", str(state / "workers"))
+    if not env.get("GPUQ_API_KEYS") and not env.get("GPUQ_AUTH"):
+        # A development stack on this machine: the API listens on loopback unless told otherwise.
+        env["GPUQ_AUTH"] = "off"
+        print("gpuq up: GPUQ_API_KEYS is not set: the API runs without keys (GPUQ_AUTH=off), "
+              "for local development only", flush=True)
 
     redis = None
     if not env.get("GPUQ_REDIS_URL"):

@@ -88,6 +88,8 @@ class JobRecord:
     provenance: dict[str, Any] | None = None
     #: URL told of the job's start, progress and end (see tasks/webhooks.py).
     webhook: str | None = None
+    #: Who submitted it (api/auth.py); only that tenant sees, lists or cancels it.
+    tenant: str | None = None
 
     @property
     def is_terminal(self) -> bool:

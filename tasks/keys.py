@@ -75,3 +75,18 @@ def webhook_deliveries(job_id: str) -> str:
 
 #: Moving average of run seconds per analyzer, for the ETA of the job object.
 RUN_SECONDS = f"{PREFIX}run_seconds"
+
+
+def tenant_jobs(tenant: str) -> str:
+    """A tenant's jobs, scored by creation time: what ``GET /v1/jobs`` lists."""
+    return f"{PREFIX}tenant:{tenant}:jobs"
+
+
+def tenant_queued(tenant: str) -> str:
+    """A tenant's jobs accepted as queued (some may have left that state since): its queued-jobs limit."""
+    return f"{PREFIX}tenant:{tenant}:queued"
+
+
+def rate_window(tenant: str, window: int) -> str:
+    """Requests of a tenant in one fixed window of its rate limit."""
+    return f"{PREFIX}rate:{tenant}:{window}"

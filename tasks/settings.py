@@ -44,6 +44,16 @@ class Settings:
     queue_limits: str = ""
     #: Seconds between the janitor's sweeps for jobs whose worker died.
     janitor_interval: float = 5.0
+    #: ``off`` runs the API without API keys (local development only); anything else needs ``api_keys``.
+    auth: str = ""
+    #: API keys as ``tenant:sha256-of-key`` entries, comma-separated (see api/auth.py).
+    api_keys: str = ""
+    #: Most queued jobs one tenant may have at once (then 429).
+    tenant_max_queued: int = 1000
+    #: Optional request rate limit per tenant, ``20/s``, ``600/m`` or ``10000/h``; empty: none.
+    rate_limit: str = ""
+    #: Hosts, addresses and CIDRs that outbound URLs may reach although they are not public.
+    url_allowlist: str = ""
 
     def queue_limit_overrides(self) -> dict[str, int]:
         limits: dict[str, int] = {}
@@ -53,6 +63,15 @@ class Settings:
                 raise SettingsError(f"GPUQ_QUEUE_LIMITS entry {entry!r} is not name=number")
             limits[name.strip()] = int(value)
         return limits
+    def outbound_allowlist(self):
+        """``url_allowlist`` parsed, for ``tasks.url_safety.check_url``."""
+        from tasks.url_safety import Allowlist
+
+        try:
+            return Allowlist.parse(self.url_allowlist)
+        except ValueError as error:
+            raise SettingsError(str(error)) from None
+
     #: Name of the Redis master when ``redis_url`` is a ``sentinel://`` URL.
     redis_sentinel_master: str = ""
     #: Key that signs webhook deliveries (HMAC-SHA256); unset: jobs with a webhook are refused (422).
@@ -92,4 +111,5 @@ class Settings:
             raise SettingsError("GPUQ_REDIS_URL is not set: give the Redis URL, e.g. redis://127.0.0.1:6379/0")
         settings = cls(**values)
         settings.queue_limit_overrides()  # malformed limits fail here, at start-up
+        settings.outbound_allowlist()
         return settings

@@ -26,12 +26,14 @@ from tasks.app import queue_for
 from tasks.jobs import QUEUED, JobRecord, JobStore, encode_fields
 from tasks.publish import job_message
 
-__all__ = ["Accepted", "IdempotencyConflict", "QueueFull", "submit_job"]
+__all__ = ["Accepted", "IdempotencyConflict", "QueueFull", "TenantQueueFull", "submit_job"]
 
 # KEYS: job, input, queue, idempotency key (ignored when ARGV[7] is empty),
-#       the queue's index of queued jobs, the queue's sequence counter.
+#       the queue's index of queued jobs, the queue's sequence counter,
+#       the tenant's index of jobs, the tenant's set of queued jobs.
 # ARGV: record fields (JSON object of strings), record TTL, input bytes, input TTL,
-#       message, queue depth limit (0: none), idempotency value, idempotency TTL, job id.
+#       message, queue depth limit (0: none), idempotency value, idempotency TTL, job id,
+#       tenant's queued-jobs limit (0: none), created time, job key prefix, oldest created time kept.
 _SUBMIT = """
 if ARGV[7] ~= '' then
   local existing = redis.call('GET', KEYS[4])
@@ -41,6 +43,18 @@ local limit = tonumber(ARGV[6])
 if limit > 0 then
   local depth = redis.call('LLEN', KEYS[3])
   if depth >= limit then return {'full', tostring(depth)} end
+end
+local tenant_limit = tonumber(ARGV[10])
+if tenant_limit > 0 and redis.call('SCARD', KEYS[8]) >= tenant_limit then
+  -- Jobs leave the queued state (start, cancel, expiry) without telling this
+  -- set, so it is swept only here, when it looks full: a cost paid by a tenant
+  -- at its limit, never by the others. (Job keys are built from ARGV[12]: gpuq
+  -- runs on one Redis, not a cluster.)
+  for _, id in ipairs(redis.call('SMEMBERS', KEYS[8])) do
+    if redis.call('HGET', ARGV[12] .. id, 'status') ~= 'queued' then redis.call('SREM', KEYS[8], id) end
+  end
+  local queued = redis.call('SCARD', KEYS[8])
+  if queued >= tenant_limit then return {'tenant_full', tostring(queued)} end
 end
 local fields = cjson.decode(ARGV[1])
 local flat = {}
@@ -54,6 +68,13 @@ redis.call('SET', KEYS[2], ARGV[3], 'EX', ARGV[4])
 redis.call('LPUSH', KEYS[3], ARGV[5])
 redis.call('ZADD', KEYS[5], redis.call('INCR', KEYS[6]), ARGV[9])
 if ARGV[7] ~= '' then redis.call('SET', KEYS[4], ARGV[7], 'EX', ARGV[8]) end
+-- The tenant's index outlives no record it names for long: entries older than
+-- any record can be are trimmed, and an idle tenant's keys expire.
+redis.call('ZADD', KEYS[7], ARGV[11], ARGV[9])
+redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', '(' .. ARGV[13])
+redis.call('EXPIRE', KEYS[7], ARGV[2])
+redis.call('SADD', KEYS[8], ARGV[9])
+redis.call('EXPIRE', KEYS[8], ARGV[2])
 return {'created', ''}
 """
 
@@ -64,6 +85,14 @@ class QueueFull(Exception):
     def __init__(self, analyzer: str, depth: int, limit: int):
         super().__init__(f"the {analyzer!r} queue holds {depth} jobs (limit {limit})")
         self.analyzer, self.depth, self.limit = analyzer, depth, limit
+
+
+class TenantQueueFull(Exception):
+    """Raised when the tenant already has its limit of queued jobs; nothing was written."""
+
+    def __init__(self, tenant: str, queued: int, limit: int):
+        super().__init__(f"tenant {tenant!r} has {queued} queued jobs (limit {limit})")
+        self.tenant, self.queued, self.limit = tenant, queued, limit
 
 
 class IdempotencyConflict(Exception):
@@ -92,7 +121,8 @@ def _fingerprint(analyzer: str, params: dict[str, Any], media_type: str, data: b
 
 def submit_job(store: JobStore, celery_app: Celery, *, analyzer: str, input_bytes: bytes,
                input_media_type: str, params: dict[str, Any], max_queue_depth: int = 0,
-               idempotency_key: str | None = None, webhook: str | None = None) -> Accepted:
+               idempotency_key: str | None = None, webhook: str | None = None, tenant: str = "default",
+               tenant_max_queued: int = 0) -> Accepted:
     record = JobRecord(
         id=str(uuid.uuid4()),
         analyzer=analyzer,
@@ -101,20 +131,28 @@ def submit_job(store: JobStore, celery_app: Celery, *, analyzer: str, input_byte
         input_media_type=input_media_type,
         params=params,
         webhook=webhook,
+        tenant=tenant,
     )
     fingerprint = _fingerprint(analyzer, params, input_media_type, input_bytes) if idempotency_key else ""
     queue = queue_for(analyzer)
     fields = {k: v for k, v in record.__dict__.items() if v is not None}
     status, detail = _submit_script(store.redis)(
+        # Idempotency keys are the tenant's own: another tenant's same key is another job.
         keys=[keys.job(record.id), keys.job_input(record.id), queue,
-              keys.idempotency(idempotency_key or ""), keys.queued_index(queue), keys.queue_sequence(queue)],
+              keys.idempotency(f"{tenant}:{idempotency_key}" if idempotency_key else ""),
+              keys.queued_index(queue), keys.queue_sequence(queue),
+              keys.tenant_jobs(tenant), keys.tenant_queued(tenant)],
         args=[json.dumps(encode_fields(fields)), store.queued_record_ttl, input_bytes, store.input_ttl,
               job_message(celery_app, record.id, analyzer, queue), max_queue_depth,
-              f"{fingerprint}|{record.id}" if idempotency_key else "", store.queued_record_ttl, record.id],
+              f"{fingerprint}|{record.id}" if idempotency_key else "", store.queued_record_ttl, record.id,
+              tenant_max_queued, repr(record.created_at), keys.job(""),
+              repr(record.created_at - store.queued_record_ttl)],
     )
     status, detail = status.decode(), detail.decode()
     if status == "full":
         raise QueueFull(analyzer, int(detail), max_queue_depth)
+    if status == "tenant_full":
+        raise TenantQueueFull(tenant, int(detail), tenant_max_queued)
     if status == "existing":
         earlier_fingerprint, _, job_id = detail.partition("|")
         if earlier_fingerprint != fingerprint:

@@ -14,6 +14,8 @@ from typing import Any
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+#: The API key the compose stack of the tests accepts: its SHA-256 is that stack's GPUQ_API_KEYS entry.
+API_KEY = "compose-test-key"
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 CPU_OVERRIDE = ROOT / "docker-compose.cpu.yml"
 

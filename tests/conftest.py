@@ -5,6 +5,7 @@ Nothing here touches the machine's own Redis on 6379.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -102,10 +103,12 @@ def compose_stack(tmp_path_factory):
     Per module, so that its five processes do not stay up (and load the two
     cores) through the rest of the suite.
     """
-    from tests.compose import COMPOSE_FILE, CPU_OVERRIDE, load
+    from tests.compose import API_KEY, COMPOSE_FILE, CPU_OVERRIDE, load
     from tests.local_compose import LocalCompose
 
     env = {"REDIS_PASSWORD": "compose-test-password", "FLOWER_BASIC_AUTH": "ops:compose-test-secret",
+           # Auth on, as compose has it: the tests call the API with API_KEY.
+           "GPUQ_API_KEYS": f"compose:{hashlib.sha256(API_KEY.encode()).hexdigest()}",
            "GPUQ_API_WORKERS": "2"}
     stack = LocalCompose(load(COMPOSE_FILE, CPU_OVERRIDE), env, tmp_path_factory.mktemp("compose"))
     try:

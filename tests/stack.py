@@ -23,11 +23,15 @@ def base_env(redis_url: str, **extra: str) -> dict[str, str]:
     env.update({
         "GPUQ_REDIS_URL": redis_url,
         "GPUQ_GPUS": "none",
+        # The suite's stacks run without API keys; tests/test_auth.py and others that need keys pass GPUQ_API_KEYS.
+        "GPUQ_AUTH": "off",
         "GPUQ_LOG_LEVEL": "INFO",
         "PYTHONPATH": str(ROOT),
         "PYTHONUNBUFFERED": "1",
     })
     env.update(extra)
+    if env.get("GPUQ_API_KEYS"):
+        env.pop("GPUQ_AUTH")
     return env
 
 

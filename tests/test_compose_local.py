@@ -12,9 +12,12 @@ import json
 import pytest
 import requests
 
+from tests.compose import API_KEY
 from tests.stack import ROOT
 
 SEVEN = ROOT / "examples" / "seven.png"
+#: Compose runs with auth on (tests/conftest.py gives it this key's hash).
+KEY = {"Authorization": f"Bearer {API_KEY}"}
 
 
 @pytest.fixture(scope="module")
@@ -22,9 +25,9 @@ def finished_job(compose_stack) -> dict:
     api = compose_stack.url("api", 8000)
     with SEVEN.open("rb") as image:
         response = requests.post(f"{api}/v1/jobs", data={"analyzer": "digits"},
-                                 files={"file": ("seven.png", image, "image/png")}, timeout=10)
+                                 files={"file": ("seven.png", image, "image/png")}, timeout=10, headers=KEY)
     assert response.status_code == 202, response.text
-    done = requests.get(f"{api}/v1/jobs/{response.json()['id']}?wait=30", timeout=40).json()
+    done = requests.get(f"{api}/v1/jobs/{response.json()['id']}?wait=30", timeout=40, headers=KEY).json()
     return done
 
 
@@ -34,6 +37,13 @@ def test_a_job_completes_through_the_compose_services(compose_stack, finished_jo
     assert finished_job["worker"].startswith("cpu0@")
     ready = requests.get(compose_stack.url("api", 8000) + "/readyz", timeout=5)
     assert ready.status_code == 200 and ready.json()["ready"] is True
+
+
+def test_the_compose_api_wants_a_key(compose_stack):
+    api = compose_stack.url("api", 8000)
+    assert requests.get(f"{api}/v1/jobs", timeout=5).status_code == 401
+    assert requests.get(f"{api}/v1/jobs", headers={"Authorization": "Bearer wrong"}, timeout=5).status_code == 401
+    assert requests.get(f"{api}/v1/jobs", headers=KEY, timeout=5).status_code == 200
 
 
 def test_redis_from_compose_wants_its_password(compose_stack):

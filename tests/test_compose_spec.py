@@ -27,7 +27,8 @@ from tests.compose import (
     parse_duration,
 )
 
-SECRETS = {"REDIS_PASSWORD": "test-password", "FLOWER_BASIC_AUTH": "ops:test-secret"}
+SECRETS = {"REDIS_PASSWORD": "test-password", "FLOWER_BASIC_AUTH": "ops:test-secret",
+           "GPUQ_API_KEYS": "team-a:" + "ab" * 32}
 
 
 @pytest.fixture(scope="module")
@@ -150,3 +151,11 @@ def test_dockerfile_targets_run_as_a_non_root_user_with_the_right_torch():
     assert "torch" not in by_name["api"]  # the light side never needs it
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {".env", ".venv", ".git", "tests"} <= set(ignored)
+
+
+def test_the_api_requires_keys_and_never_switches_auth_off(gpu, cpu):
+    for config in (gpu, cpu):
+        env = environment_of(config["services"]["api"])
+        assert env["GPUQ_API_KEYS"] == SECRETS["GPUQ_API_KEYS"]
+        for service in config["services"].values():
+            assert "GPUQ_AUTH" not in environment_of(service)

@@ -14,10 +14,12 @@ import time
 import pytest
 import requests
 
+from tests.compose import API_KEY
 from tests.stack import ROOT
 
 ARTIFACTS = ROOT / "test-artifacts"
 USER, PASSWORD = "ops", "compose-test-secret"  # FLOWER_BASIC_AUTH of the compose_stack fixture
+KEY = {"Authorization": f"Bearer {API_KEY}"}  # the compose API runs with auth on
 SEVEN = ROOT / "examples" / "seven.png"
 
 # The machine has no network: without these, Chromium hangs on lookups and updates.
@@ -55,9 +57,9 @@ def finished_job(compose_stack) -> dict:
     api = compose_stack.url("api", 8000)
     with SEVEN.open("rb") as image:
         response = requests.post(f"{api}/v1/jobs", data={"analyzer": "digits"},
-                                 files={"file": ("seven.png", image, "image/png")}, timeout=10)
+                                 files={"file": ("seven.png", image, "image/png")}, timeout=10, headers=KEY)
     assert response.status_code == 202, response.text
-    done = requests.get(f"{api}/v1/jobs/{response.json()['id']}?wait=30", timeout=40).json()
+    done = requests.get(f"{api}/v1/jobs/{response.json()['id']}?wait=30", timeout=40, headers=KEY).json()
     assert done["status"] == "succeeded", done
     return done
 

@@ -1,0 +1,68 @@
+"""Outbound URLs reaching loopback, private, link-local or reserved addresses are refused unless allow-listed."""
+
+from __future__ import annotations
+
+import pytest
+
+from tasks.url_safety import Allowlist, UnsafeUrl, check_url
+
+
+def resolver(table):
+    def resolve(host, port):
+        return table.get(host, [])
+    return resolve
+
+
+PUBLIC = resolver({"hooks.example.com": ["93.184.216.34"], "dual.example.com": ["93.184.216.34", "10.0.0.7"],
+                   "rebind.example.com": ["127.0.0.1"], "v6.example.com": ["2606:4700::1111"],
+                   "hooks.internal": ["10.0.5.9"], "metadata.example.com": ["169.254.169.254"]})
+
+
+@pytest.mark.parametrize("url", [
+    "http://127.0.0.1/", "http://localhost.invalid.example/", "http://10.1.2.3/", "http://172.16.0.1/",
+    "http://192.168.1.1/", "http://169.254.169.254/latest/meta-data/", "http://[::1]:8000/", "http://[fe80::1]/",
+    "http://[fc00::1]/", "http://[::ffff:127.0.0.1]/", "http://0.0.0.0/", "http://100.64.0.1/",
+    "http://224.0.0.1/", "http://240.0.0.1/", "http://dual.example.com/", "http://rebind.example.com/",
+    "http://metadata.example.com/", "ftp://hooks.example.com/", "file:///etc/passwd", "gopher://x/",
+    "http://user:pw@hooks.example.com/", "http:///nohost", "http://hooks.example.com:99999/", "not a url",
+    "http://" + "a" * 3000 + ".com/",
+])
+def test_refused(url):
+    with pytest.raises(UnsafeUrl):
+        check_url(url, resolve=PUBLIC)
+
+
+def test_public_urls_pass_with_the_addresses_to_connect_to():
+    target = check_url("https://hooks.example.com/gpuq?x=1", resolve=PUBLIC)
+    assert target.addresses == ("93.184.216.34",) and target.port == 443 and target.host == "hooks.example.com"
+    assert check_url("http://v6.example.com:8080/", resolve=PUBLIC).addresses == ("2606:4700::1111",)
+    assert check_url("http://93.184.216.34/", resolve=PUBLIC).addresses == ("93.184.216.34",)
+
+
+def test_allowlist_by_host_address_or_network():
+    allow = Allowlist.parse("hooks.internal, 127.0.0.1, 172.20.0.0/16, fd00::/8")
+    assert check_url("http://hooks.internal/", allow, resolve=PUBLIC).addresses == ("10.0.5.9",)
+    check_url("http://127.0.0.1:9000/", allow, resolve=PUBLIC)
+    check_url("http://172.20.3.4/", allow, resolve=PUBLIC)
+    check_url("http://[fd00::5]/", allow, resolve=PUBLIC)
+    with pytest.raises(UnsafeUrl):
+        check_url("http://127.0.0.2/", allow, resolve=PUBLIC)
+    with pytest.raises(ValueError):
+        Allowlist.parse("not a host!")
+
+
+def test_unresolvable_host_is_refused_with_the_real_resolver():
+    with pytest.raises(UnsafeUrl):
+        check_url("http://no-such-host.invalid/")
+    with pytest.raises(UnsafeUrl, match="not a public address"):
+        check_url("http://localhost:8000/")  # the real resolver: loopback
+
+
+def test_the_allowlist_comes_from_settings_and_a_bad_one_stops_start_up():
+    from tasks.settings import Settings, SettingsError
+
+    env = {"GPUQ_REDIS_URL": "redis://h:1/0", "GPUQ_URL_ALLOWLIST": "hooks.internal,10.0.0.0/8"}
+    allow = Settings.from_env(env).outbound_allowlist()
+    assert allow.allows_host("HOOKS.internal") and not allow.allows_host("other")
+    with pytest.raises(SettingsError, match="GPUQ_URL_ALLOWLIST"):
+        Settings.from_env({**env, "GPUQ_URL_ALLOWLIST": "bad host"})
