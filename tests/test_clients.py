@@ -303,13 +303,17 @@ def test_webhook_url_is_checked(client: Client, stack) -> None:
     from api import create_app
     from tasks.settings import Settings
 
-    app = create_app(Settings(redis_url=stack.redis_server.url))
+    app = create_app(Settings(redis_url=stack.redis_server.url, auth="off"))
     try:
         answer = app.test_client().post("/v1/jobs", json={"analyzer": "simulate", "webhook": "http://127.0.0.1/x"})
     finally:
         app.extensions["gpuq"].redis.close()
     assert answer.status_code == 422 and answer.json["error"]["code"] == "webhooks_disabled"
     assert WebhooksDisabled.code == "webhooks_disabled"
+    # No server-side request forgery: a private address not on the allow-list is refused.
+    with pytest.raises(InvalidField) as unsafe:
+        client.submit("simulate", input=None, webhook="http://10.1.2.3/hook")
+    assert unsafe.value.field == "webhook" and "not a public address" in str(unsafe.value)
 
 
 # -- server-sent events --------------------------------------------------------------
