@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 
 from celery import Celery
 
-from gpu_worker.joblock import JobLock
+from gpu_worker.joblock import JobLock, parse_owner
 from tasks import catalog, keys
 from tasks.app import queue_for
 from tasks.jobs import CANCELED, CANCELING, QUEUED, RUNNING, JobStore
@@ -120,11 +121,13 @@ class Janitor:
             if holder and self.lock.is_alive(holder):
                 continue
             # Dead for a whole heartbeat TTL, not just a missed beat (Redis just restarted, say),
-            # unless the holder was this worker's own process: then its pid is proof enough.
+            # unless the holder ran under an earlier incarnation of this very worker: its pid
+            # is proof enough then. A pool child of this process that died is Celery's to
+            # retry or fail first (task_retry_on_worker_lost), so it gets the full wait.
             suspect = (job_id, holder)
             seen.add(suspect)
             first_seen = self._suspects.setdefault(suspect, now)
-            if now - first_seen < self.dead_after and not (holder and self.lock.is_local(holder)):
+            if now - first_seen < self.dead_after and not self._from_earlier_incarnation(holder):
                 continue
             if record.status == CANCELING:
                 self.store.finish(job_id, CANCELED, [CANCELING])
@@ -138,6 +141,12 @@ class Janitor:
                 acted.append(job_id)
         self._suspects = {k: v for k, v in self._suspects.items() if k in seen}
         return acted + self.sweep_unacked() + self.sweep_lost_deliveries()
+
+    def _from_earlier_incarnation(self, holder: str) -> bool:
+        if not holder or not self.lock.is_local(holder):
+            return False
+        main = parse_owner(holder)[2]
+        return main is not None and main != os.getpid()
 
     def sweep_unacked(self) -> list[str]:
         """Give back messages held by dead consumers; drop those of finished jobs."""

@@ -16,7 +16,7 @@ from redis import Redis
 
 from tasks import keys
 
-__all__ = ["JobLock", "owner_of"]
+__all__ = ["JobLock", "owner_of", "parse_owner"]
 
 # KEYS: lock. ARGV: expected holder, new holder ('' deletes), TTL.
 _COMPARE_AND_SET = """
@@ -26,8 +26,18 @@ return 1
 """
 
 
-def owner_of(worker: str, pid: int | None = None) -> str:
-    return f"{worker}|{os.getpid() if pid is None else pid}"
+def owner_of(worker: str, pid: int | None = None, main_pid: int | None = None) -> str:
+    """``worker|pid|main pid``: the process running the job and the Celery main process above it."""
+    pid = os.getpid() if pid is None else pid
+    return f"{worker}|{pid}|{os.getppid() if main_pid is None else main_pid}"
+
+
+def parse_owner(holder: str) -> tuple[str, int, int | None]:
+    """(worker, pid, main pid or None) of a lock holder."""
+    worker, pid_text, *rest = holder.split("|")
+    pid = int(pid_text) if pid_text.isdigit() else -1
+    main = int(rest[0]) if rest and rest[0].isdigit() else None
+    return worker, pid, main
 
 
 class JobLock:
@@ -56,7 +66,7 @@ class JobLock:
 
     def is_local(self, holder: str) -> bool:
         """Whether ``holder`` was this worker's own process: its pid can then be checked directly."""
-        return holder.rpartition("|")[0] == self.local_worker
+        return parse_owner(holder)[0] == self.local_worker
 
     def is_alive(self, holder: str) -> bool:
         """Whether the process named by ``holder`` still runs.
@@ -64,8 +74,7 @@ class JobLock:
         On this worker's own host the pid answers; elsewhere the worker's
         heartbeat must name that pid (a restarted worker beats with a new one).
         """
-        worker, _, pid_text = holder.rpartition("|")
-        pid = int(pid_text) if pid_text.isdigit() else -1
+        worker, pid, _main = parse_owner(holder)
         if worker == self.local_worker:
             try:
                 os.kill(pid, 0)

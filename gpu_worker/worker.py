@@ -98,7 +98,7 @@ def _parent_lock() -> JobLock:
 
 def _release_dead_childs_lock(job_id: str) -> None:
     holder = _parent_lock().holder(job_id)
-    if holder and holder.rpartition("|")[0] == worker_name() and not _parent_lock().is_alive(holder):
+    if holder and _parent_lock().is_local(holder) and not _parent_lock().is_alive(holder):
         _parent_lock().release(job_id, holder)
 
 

@@ -123,7 +123,7 @@ def test_unanswering_redis_gives_503_within_5_seconds(tmp_path):
     blackhole.listen(64)  # accepts connections into its backlog and never answers
     port = blackhole.getsockname()[1]
     env = {k: v for k, v in os.environ.items() if not k.startswith("GPUQ_")}
-    env.update(GPUQ_REDIS_URL=f"redis://127.0.0.1:{port}/0", PYTHONPATH=str(ROOT))
+    env.update(GPUQ_REDIS_URL=f"redis://127.0.0.1:{port}/0", GPUQ_AUTH="off", PYTHONPATH=str(ROOT))
     process, url = start_api(env, tmp_path, workers=1)
     try:
         began = time.monotonic()
