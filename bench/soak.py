@@ -52,7 +52,12 @@ def api_worker_pids(stack: Stack) -> list[int]:
     return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
+def _exit_on_sigterm(signum, _frame):
+    raise SystemExit(128 + signum)  # so the stack below is stopped, not left running
+
+
 def main() -> int:
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=10)
     parser.add_argument("--rate", type=float, default=4, help="jobs submitted per second")
