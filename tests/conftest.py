@@ -116,3 +116,21 @@ def compose_stack(tmp_path_factory):
         yield stack
     finally:
         stack.down()
+
+
+@pytest.fixture(scope="module")
+def finished_job(compose_stack) -> dict:
+    """A digits job sent through the compose stack's API (auth on) and waited for."""
+    import requests
+
+    from tests.compose import API_KEY
+    from tests.stack import ROOT
+
+    api, key = compose_stack.url("api", 8000), {"Authorization": f"Bearer {API_KEY}"}
+    with (ROOT / "examples" / "seven.png").open("rb") as image:
+        response = requests.post(f"{api}/v1/jobs", data={"analyzer": "digits"},
+                                 files={"file": ("seven.png", image, "image/png")}, timeout=10, headers=key)
+    assert response.status_code == 202, response.text
+    done = requests.get(f"{api}/v1/jobs/{response.json()['id']}?wait=30", timeout=40, headers=key).json()
+    assert done["status"] == "succeeded", done
+    return done

@@ -13,22 +13,9 @@ import pytest
 import requests
 
 from tests.compose import API_KEY
-from tests.stack import ROOT
 
-SEVEN = ROOT / "examples" / "seven.png"
 #: Compose runs with auth on (tests/conftest.py gives it this key's hash).
 KEY = {"Authorization": f"Bearer {API_KEY}"}
-
-
-@pytest.fixture(scope="module")
-def finished_job(compose_stack) -> dict:
-    api = compose_stack.url("api", 8000)
-    with SEVEN.open("rb") as image:
-        response = requests.post(f"{api}/v1/jobs", data={"analyzer": "digits"},
-                                 files={"file": ("seven.png", image, "image/png")}, timeout=10, headers=KEY)
-    assert response.status_code == 202, response.text
-    done = requests.get(f"{api}/v1/jobs/{response.json()['id']}?wait=30", timeout=40, headers=KEY).json()
-    return done
 
 
 def test_a_job_completes_through_the_compose_services(compose_stack, finished_job):

@@ -20,7 +20,6 @@ from tests.stack import ROOT
 ARTIFACTS = ROOT / "test-artifacts"
 USER, PASSWORD = "ops", "compose-test-secret"  # FLOWER_BASIC_AUTH of the compose_stack fixture
 KEY = {"Authorization": f"Bearer {API_KEY}"}  # the compose API runs with auth on
-SEVEN = ROOT / "examples" / "seven.png"
 
 # The machine has no network: without these, Chromium hangs on lookups and updates.
 _FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -50,18 +49,6 @@ def browser(tmp_path_factory):
     driver.set_page_load_timeout(30)
     yield driver
     driver.quit()
-
-
-@pytest.fixture(scope="module")
-def finished_job(compose_stack) -> dict:
-    api = compose_stack.url("api", 8000)
-    with SEVEN.open("rb") as image:
-        response = requests.post(f"{api}/v1/jobs", data={"analyzer": "digits"},
-                                 files={"file": ("seven.png", image, "image/png")}, timeout=10, headers=KEY)
-    assert response.status_code == 202, response.text
-    done = requests.get(f"{api}/v1/jobs/{response.json()['id']}?wait=30", timeout=40, headers=KEY).json()
-    assert done["status"] == "succeeded", done
-    return done
 
 
 def _authenticate(driver) -> None:
