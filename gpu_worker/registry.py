@@ -22,6 +22,8 @@ BUILTINS = {
     # Needs the optional extra (pip install "gpuq[embed]"), so it is served only when named.
     "embed": "gpu_worker.analyzers.embed:EmbedAnalyzer",
     "simulate": "gpu_worker.analyzers.simulate:SimulateAnalyzer",
+    # Does nothing: measures what the service itself costs per job (bench/throughput.py).
+    "noop": "gpu_worker.analyzers.noop:NoopAnalyzer",
 }
 DEFAULT_ANALYZERS = "digits,simulate"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")

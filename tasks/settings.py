@@ -86,6 +86,12 @@ class Settings:
     max_streams: int = 4
     #: Seconds an event stream stays open before the client is asked to reconnect.
     stream_max_seconds: float = 300.0
+    #: ``off`` makes workers run every job alone (one job per ``predict``), for comparison and debugging.
+    batching: str = "on"
+
+    @property
+    def batching_enabled(self) -> bool:
+        return self.batching == "on"
 
     def connect_redis(self, **options) -> Redis:
         """A client of the configured Redis (following the master when it is a Sentinel URL)."""
@@ -110,6 +116,8 @@ class Settings:
         if not values.get("redis_url"):
             raise SettingsError("GPUQ_REDIS_URL is not set: give the Redis URL, e.g. redis://127.0.0.1:6379/0")
         settings = cls(**values)
+        if settings.batching not in ("on", "off"):
+            raise SettingsError(f"GPUQ_BATCHING={settings.batching!r}: expected 'on' or 'off'")
         settings.queue_limit_overrides()  # malformed limits fail here, at start-up
         settings.outbound_allowlist()
         return settings
