@@ -25,7 +25,7 @@ import time
 
 from celery import Celery
 
-from gpu_worker.joblock import JobLock, parse_owner
+from gpu_worker.joblock import JobLock, is_batch_member, parse_owner
 from tasks import catalog, keys
 from tasks.app import queue_for
 from tasks.jobs import CANCELED, CANCELING, QUEUED, RUNNING, JobStore
@@ -121,13 +121,15 @@ class Janitor:
             if holder and self.lock.is_alive(holder):
                 continue
             # Dead for a whole heartbeat TTL, not just a missed beat (Redis just restarted, say),
-            # unless the holder ran under an earlier incarnation of this very worker: its pid
-            # is proof enough then. A pool child of this process that died is Celery's to
-            # retry or fail first (task_retry_on_worker_lost), so it gets the full wait.
+            # unless the holder ran on this host, where its pid is proof enough: under an
+            # earlier incarnation of this very worker, or as a batch member (a job the child
+            # took from the queue itself, which Celery will not retry). The task Celery gave a
+            # pool child of this process that died is Celery's to retry or fail first
+            # (task_retry_on_worker_lost), so it gets the full wait.
             suspect = (job_id, holder)
             seen.add(suspect)
             first_seen = self._suspects.setdefault(suspect, now)
-            if now - first_seen < self.dead_after and not self._from_earlier_incarnation(holder):
+            if now - first_seen < self.dead_after and not self._certainly_dead(holder):
                 continue
             if record.status == CANCELING:
                 self.store.finish(job_id, CANCELED, [CANCELING])
@@ -142,9 +144,12 @@ class Janitor:
         self._suspects = {k: v for k, v in self._suspects.items() if k in seen}
         return acted + self.sweep_unacked() + self.sweep_lost_deliveries()
 
-    def _from_earlier_incarnation(self, holder: str) -> bool:
+    def _certainly_dead(self, holder: str) -> bool:
+        """A dead local holder that no one but the janitor will deliver again."""
         if not holder or not self.lock.is_local(holder):
             return False
+        if is_batch_member(holder):
+            return True
         main = parse_owner(holder)[2]
         return main is not None and main != os.getpid()
 

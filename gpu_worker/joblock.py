@@ -16,7 +16,7 @@ from redis import Redis
 
 from tasks import keys
 
-__all__ = ["JobLock", "owner_of", "parse_owner"]
+__all__ = ["JobLock", "batch_member", "is_batch_member", "owner_of", "parse_owner"]
 
 # KEYS: lock. ARGV: expected holder, new holder ('' deletes), TTL.
 _COMPARE_AND_SET = """
@@ -30,6 +30,20 @@ def owner_of(worker: str, pid: int | None = None, main_pid: int | None = None) -
     """``worker|pid|main pid``: the process running the job and the Celery main process above it."""
     pid = os.getpid() if pid is None else pid
     return f"{worker}|{pid}|{os.getppid() if main_pid is None else main_pid}"
+
+
+#: Marks the lock of a job a pool child took from the queue itself to fill a batch
+#: (``gpu_worker.batch_gathering``): Celery knows nothing of it and will not retry it.
+_BATCH_MEMBER = "batch"
+
+
+def batch_member(owner: str) -> str:
+    """The lock holder for a job ``owner`` runs as a batch member rather than as Celery's task."""
+    return f"{owner}|{_BATCH_MEMBER}"
+
+
+def is_batch_member(holder: str) -> bool:
+    return holder.split("|")[3:4] == [_BATCH_MEMBER]
 
 
 def parse_owner(holder: str) -> tuple[str, int, int | None]:
@@ -63,6 +77,13 @@ class JobLock:
 
     def release(self, job_id: str, owner: str) -> bool:
         return bool(self._cas(keys=[keys.job_lock(job_id)], args=[owner, "", 0]))
+
+    def release_many(self, holders: dict[str, str]) -> None:
+        """Release ``{job id: holder}`` in one round trip (each only if still held by that holder)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id, holder in holders.items():
+            self._cas(keys=[keys.job_lock(job_id)], args=[holder, "", 0], client=pipe)
+        pipe.execute()
 
     def is_local(self, holder: str) -> bool:
         """Whether ``holder`` was this worker's own process: its pid can then be checked directly."""

@@ -22,7 +22,7 @@ from redis.retry import Retry
 from gpu_worker import registry
 from gpu_worker.analyzer import Analyzer
 from gpu_worker.devices import describe_device
-from gpu_worker.job_metrics import record_finished_job
+from gpu_worker.job_metrics import record_finished_jobs
 from gpu_worker.joblock import JobLock
 from gpu_worker.runner import JobRunner
 from gpu_worker.telemetry import GpuProbe
@@ -78,7 +78,7 @@ class WorkerRuntime:
                          input_ttl=settings.input_ttl)
         lock = JobLock(redis, ttl=settings.job_time_limit + 120, local_worker=name)
         runner = JobRunner(store, backend, analyzers, worker=name, device_label=label,
-                           max_attempts=settings.max_attempts, lock=lock)
+                           max_attempts=settings.max_attempts, lock=lock, batching=settings.batching_enabled)
         runtime = cls(name=name, settings=settings, redis=redis, device=device, device_label=label,
                       analyzers=analyzers, runner=runner, gpu=GpuProbe.for_worker(device, environ))
         catalog.publish_analyzers(redis, [type(a).spec() for a in analyzers.values()])
@@ -99,7 +99,7 @@ class WorkerRuntime:
                 self.runner.run(job_id)
             finally:
                 self.state, self.current_job = READY, None
-                record_finished_job(self.runner.store, job_id, since=began)
+                record_finished_jobs(self.runner.store, self.runner.handled, since=began)
 
     def stop(self) -> None:
         self._stop.set()

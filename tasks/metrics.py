@@ -110,8 +110,11 @@ def count(redis: Redis, counter: Counter, *labels: str, amount: int = 1) -> None
 
 
 def observe_job(redis: Redis, job_id: str, *, analyzer: str, status: str, queue_wait: float | None,
-                run: float | None, total: float | None, batch_size: int | None) -> bool:
-    """Record one finished job in the histograms, once; True when this call recorded it."""
+                run: float | None, total: float | None, batch_size: int | None, client: Any = None) -> bool:
+    """Record one finished job in the histograms, once; True when this call recorded it.
+
+    With ``client`` (a pipeline of ``redis``) the write is queued there and the answer comes with its results.
+    """
     observations: list[tuple[Histogram, tuple[str, ...], float | None]] = [
         (QUEUE_WAIT, (analyzer, status), queue_wait),
         (RUN_TIME, (analyzer, status), run),
@@ -127,7 +130,8 @@ def observe_job(redis: Redis, job_id: str, *, analyzer: str, status: str, queue_
         hist_keys.append(keys.metric(histogram.name))
         args += [_labels(histogram, labels), histogram.bucket_of(value), repr(value)]
     # register_script sends EVALSHA, and the script body only when Redis lacks it.
-    return bool(redis.register_script(_OBSERVE)(keys=[keys.job(job_id), *hist_keys], args=args))
+    reply = redis.register_script(_OBSERVE)(keys=[keys.job(job_id), *hist_keys], args=args, client=client)
+    return bool(reply) if client is None else True
 
 
 def read_counter(redis: Redis, counter: Counter) -> dict[tuple[str, ...], float]:

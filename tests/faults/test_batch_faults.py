@@ -1,0 +1,27 @@
+"""A process dying in the middle of a batch: every job delivered again, the poison one failing alone."""
+
+from __future__ import annotations
+
+from tests.fixtures.batching import batches
+
+
+def test_a_crash_mid_batch_delivers_every_job_again_and_the_poison_job_fails_alone(make_stack):
+    stack = make_stack(analyzers="tests.fixtures.batching:Batcher")
+    blocker = stack.submit("batcher", input={"seconds": 2})
+    stack.wait(blocker["id"], {"running"})
+    innocent = [stack.submit("batcher", input={"n": n})["id"] for n in range(2)]
+    poison = stack.submit("batcher", input={"crash": 99})["id"]
+    innocent.append(stack.submit("batcher", input={"n": 3})["id"])
+
+    assert stack.wait(poison, timeout=90)["status"] == "failed"
+    failed = stack.job(poison)
+    assert failed["error"]["code"] == "worker_lost", failed
+    assert stack.counter("runs", poison) <= 3  # the attempt bound holds
+    for job_id in innocent:
+        done = stack.wait(job_id, timeout=60)
+        assert done["status"] == "succeeded", done
+        assert stack.counter("done", job_id) == 1  # finished exactly once
+        assert done["attempts"] == 2 and done["timings"]["batch_size"] == 1  # again, alone
+    calls = batches(stack.redis)
+    assert [*innocent[:2], poison, innocent[2]] in calls  # the batch that crashed
+    assert [poison] in calls  # after that, the poison job ran alone

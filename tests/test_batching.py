@@ -1,0 +1,189 @@
+"""Dynamic batching in the worker's runner, in process against the session's real Redis.
+
+The runner is given the lead job as Celery would deliver it (its message
+popped from the queue) and must gather the rest from the queue itself.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+
+from gpu_worker.joblock import JobLock
+from gpu_worker.runner import JobFailed, JobRunner
+from tasks import keys
+from tasks.app import queue_for
+from tasks.jobs import CANCELED, CANCELING, QUEUED, RUNNING, JobStore
+from tasks.submission import submit_job
+from tests.fixtures.batching import Batcher, Patient, batches
+
+
+class CancelsOneMidBatch(Batcher):
+    """Cancels the job whose input says so while the batch runs, as a client's DELETE would."""
+
+    name = "cancels"
+
+    def predict(self, batch):
+        for item in batch:
+            if item.data.get("cancel_me"):
+                self.store.transition(item.job_id, [RUNNING], CANCELING)
+        return super().predict(batch)
+
+
+@pytest.fixture
+def store(redis_client) -> JobStore:
+    return JobStore(redis_client, result_ttl=600, tombstone_ttl=600, input_ttl=600)
+
+
+@pytest.fixture
+def make_runner(store, celery_app, redis_client):
+    def make(analyzer_class=Batcher, batching: bool = True) -> JobRunner:
+        analyzer = analyzer_class()
+        analyzer.setup("cpu")
+        analyzer.store = store
+        redis_client.delete(f"test:batches:{analyzer.name}", queue_for(analyzer.name))
+        return JobRunner(store, celery_app.backend, {analyzer.name: analyzer}, worker="batch-test",
+                         device_label="cpu", max_attempts=3,
+                         lock=JobLock(redis_client, ttl=60, local_worker="batch-test"), batching=batching)
+    return make
+
+
+@pytest.fixture
+def submit(store, celery_app):
+    def submit(data: dict, analyzer: str = "batcher") -> str:
+        return submit_job(store, celery_app, analyzer=analyzer, input_bytes=json.dumps(data).encode(),
+                          input_media_type="application/json", params={}).job_id
+    return submit
+
+
+def deliver(redis_client, analyzer: str = "batcher") -> str:
+    """Take the next message off the queue, as Celery's consumer does, and return its job id."""
+    raw = redis_client.rpop(queue_for(analyzer))
+    assert raw is not None, "the queue is empty"
+    return json.loads(raw)["headers"]["id"]
+
+
+def result_of(celery_app, job_id: str):
+    meta = celery_app.backend.get_task_meta(job_id)
+    assert meta["status"] == "SUCCESS", meta
+    return meta["result"]
+
+
+def test_waiting_jobs_run_in_one_batch_each_with_its_own_result(make_runner, submit, store, redis_client,
+                                                                 celery_app):
+    runner = make_runner()
+    ids = [submit({"n": n}) for n in range(5)]
+    runner.run(deliver(redis_client))
+    assert batches(redis_client) == [ids]
+    for n, job_id in enumerate(ids):
+        record = store.get(job_id)
+        assert record.status == "succeeded" and record.attempts == 1
+        assert record.timings["batch_size"] == 5 and record.worker == "batch-test"
+        assert result_of(celery_app, job_id) == {"echo": {"n": n}, "batch": 5}
+        assert redis_client.get(keys.job_lock(job_id)) is None
+        assert redis_client.get(keys.job_input(job_id)) is None
+    assert not set(ids) & set(store.running_ids())
+    assert redis_client.llen(queue_for("batcher")) == 0
+    assert runner.handled == ids
+
+
+def test_batching_off_runs_the_delivered_job_alone(make_runner, submit, store, redis_client):
+    runner = make_runner(batching=False)
+    ids = [submit({"n": n}) for n in range(3)]
+    runner.run(deliver(redis_client))
+    assert batches(redis_client) == [ids[:1]]
+    assert store.get(ids[0]).timings["batch_size"] == 1
+    assert [store.get(i).status for i in ids[1:]] == [QUEUED, QUEUED]
+    assert redis_client.llen(queue_for("batcher")) == 2
+
+
+def test_a_bad_input_fails_only_its_own_job(make_runner, submit, store, redis_client, celery_app):
+    runner = make_runner()
+    ids = [submit({"n": 0}), submit({"n": 1}), submit({"bad": True}), submit({"n": 3})]
+    runner.run(deliver(redis_client))
+    bad = store.get(ids[2])
+    assert bad.status == "failed" and bad.error["code"] == "analyzer_error"
+    assert "cannot read one of the inputs" in bad.error["message"]
+    for job_id in ids[:2] + ids[3:]:
+        assert store.get(job_id).status == "succeeded"
+        assert result_of(celery_app, job_id)["echo"] != {"bad": True}
+    calls = batches(redis_client)
+    assert calls[0] == ids and [ids[2]] in calls  # the whole batch first, then split down to the culprit
+
+
+def test_the_lead_failing_fails_its_celery_task_after_the_batch_is_recorded(make_runner, submit, store,
+                                                                            redis_client):
+    runner = make_runner()
+    ids = [submit({"bad": True}), submit({"n": 1})]
+    with pytest.raises(JobFailed, match="analyzer_error"):
+        runner.run(deliver(redis_client))
+    assert [store.get(i).status for i in ids] == ["failed", "succeeded"]
+
+
+def test_a_job_canceled_while_queued_is_left_out(make_runner, submit, store, redis_client):
+    runner = make_runner()
+    ids = [submit({"n": n}) for n in range(3)]
+    assert store.finish(ids[1], CANCELED, [QUEUED])  # what DELETE does to a queued job
+    runner.run(deliver(redis_client))
+    assert batches(redis_client) == [[ids[0], ids[2]]]
+    assert store.get(ids[1]).status == CANCELED and store.get(ids[1]).attempts == 0
+    assert redis_client.llen(queue_for("batcher")) == 0  # its message dropped, not left behind
+
+
+def test_a_job_canceled_while_its_batch_runs_ends_canceled(make_runner, submit, store, redis_client):
+    runner = make_runner(CancelsOneMidBatch)
+    ids = [submit({"n": 0}, "cancels"), submit({"cancel_me": True}, "cancels"), submit({"n": 2}, "cancels")]
+    runner.run(deliver(redis_client, "cancels"))
+    assert [store.get(i).status for i in ids] == ["succeeded", CANCELED, "succeeded"]
+
+
+def test_a_job_that_had_an_attempt_is_left_to_celery_and_runs_alone(make_runner, submit, store, redis_client):
+    runner = make_runner()
+    ids = [submit({"n": n}) for n in range(3)]
+    redis_client.hset(keys.job(ids[1]), "attempts", 1)  # its last run's process died
+    runner.run(deliver(redis_client))
+    assert batches(redis_client) == [ids[:1]]
+    assert deliver(redis_client) == ids[1]  # put back where Celery takes the next message
+    runner.run(ids[1])
+    assert batches(redis_client) == [ids[:1], ids[1:2]]
+    assert store.get(ids[1]).attempts == 2 and store.get(ids[1]).status == "succeeded"
+    assert store.get(ids[2]).status == QUEUED
+
+
+def test_a_message_that_is_not_json_is_refused_and_the_batch_goes_on(make_runner, submit, store, redis_client):
+    runner = make_runner()
+    first = submit({"n": 0})
+    pickled = json.loads(redis_client.lindex(queue_for("batcher"), 0))
+    pickled["content-type"] = "application/x-python-serialize"
+    pickled["headers"]["id"] = "not-a-job"
+    redis_client.lpush(queue_for("batcher"), json.dumps(pickled))
+    second = submit({"n": 1})
+    runner.run(deliver(redis_client))
+    assert batches(redis_client) == [[first, second]]
+    assert redis_client.llen(queue_for("batcher")) == 0
+
+
+def test_a_batch_waits_up_to_max_wait_for_more_jobs(make_runner, submit, store, redis_client):
+    runner = make_runner(Patient)
+    lead = submit({"n": 0}, "patient")
+    later = threading.Timer(0.3, lambda: submit({"n": 1}, "patient"))
+    later.start()
+    began = time.monotonic()
+    runner.run(deliver(redis_client, "patient"))
+    later.join()
+    assert len(batches(redis_client, "patient")[0]) == 2
+    assert store.get(lead).timings["batch_size"] == 2
+    assert time.monotonic() - began < 1.5 + 1.0  # never past max_wait_ms (plus the run itself)
+
+
+def test_a_job_that_already_waited_max_wait_does_not_wait_more(make_runner, submit, store, redis_client):
+    runner = make_runner(Patient)
+    lead = submit({"n": 0}, "patient")
+    redis_client.hset(keys.job(lead), "created_at", repr(time.time() - 5))  # queued 5 s behind others
+    began = time.monotonic()
+    runner.run(deliver(redis_client, "patient"))
+    assert time.monotonic() - began < 0.5
+    assert batches(redis_client, "patient") == [[lead]]
