@@ -175,7 +175,8 @@ class JobStore:
         """Move a job to a terminal status; its record then lives out the result TTL."""
         return self.finish_many([(job_id, status, allowed_from, fields)])[0][0]
 
-    def finish_many(self, endings: list[tuple[str, str, Iterable[str], dict[str, Any]]]) -> list[tuple[bool, str | None]]:
+    def finish_many(self, endings: list[tuple[str, str, Iterable[str], dict[str, Any]]]
+                    ) -> list[tuple[bool, str | None]]:
         """``finish`` for many jobs in two round trips: (job id, status, allowed from, fields) each.
 
         Returns (written, status before) per ending, in order, as ``transition`` does.
@@ -185,7 +186,8 @@ class JobStore:
         now = time.time()
         pipe = self.redis.pipeline(transaction=False)
         for job_id, status, allowed_from, fields in endings:
-            encoded = encode_fields({**fields, "status": status, "finished_at": now, "expires_at": now + self.result_ttl})
+            encoded = encode_fields({**fields, "status": status, "finished_at": now,
+                                     "expires_at": now + self.result_ttl})
             self._transition(keys=[keys.job(job_id), keys.job_events(job_id), keys.RUNNING, keys.WEBHOOK_OUTBOX],
                              args=[json.dumps(list(allowed_from)), json.dumps(encoded),
                                    self.result_ttl + self.tombstone_ttl, job_id], client=pipe)
