@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["OTHERS", "CpuMeter"]
+__all__ = ["BENCH_PROCESS", "OTHERS", "CpuMeter"]
 
+BENCH_PROCESS = "bench process"
 OTHERS = "other processes"
 
 _TICKS = os.sysconf("SC_CLK_TCK")
@@ -67,7 +68,7 @@ class CpuMeter:
 
     def _now(self) -> dict[str, float]:
         # This process alone: its descendants are the stack, counted under their own labels.
-        readings = {"clients (bench process)": _own_seconds(os.getpid(), reaped_children=False)}
+        readings = {BENCH_PROCESS: _own_seconds(os.getpid(), reaped_children=False)}
         readings.update({label: tree_seconds(pid) for label, pid in self._trees.items()})
         # Whatever else runs on the machine (other people's tests, say) competes for the same cores.
         readings[OTHERS] = _machine_busy_seconds() - sum(readings.values())

@@ -9,8 +9,9 @@ may batch); coarse jobs one per call, as a worker runs them.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from bench.cpu_usage import CpuMeter
 from bench.workloads import Workload
 from gpu_worker.registry import resolve_analyzers
 
@@ -24,6 +25,8 @@ class RawResult:
     ms_per_call: float
     ms_per_job: float
     calls: int
+    #: Cores this process and everything else on the machine used while it measured.
+    cpu: dict[str, float] = field(default_factory=dict)
 
 
 def measure_raw(workload: Workload, device: str, seconds: float, warmup: float = 1.0) -> RawResult:
@@ -35,7 +38,10 @@ def measure_raw(workload: Workload, device: str, seconds: float, warmup: float =
     sync = _synchronizer(device)
     try:
         _loop(analyzer, batch, warmup, sync)
+        meter = CpuMeter()
+        meter.start()
         calls, elapsed = _loop(analyzer, batch, seconds, sync)
+        cpu = meter.stop()
     finally:
         del analyzer
         if device.startswith("cuda"):
@@ -45,7 +51,7 @@ def measure_raw(workload: Workload, device: str, seconds: float, warmup: float =
     items_per_call = jobs_per_call * workload.items_per_job
     return RawResult(items_per_s=calls * items_per_call / elapsed, items_per_call=items_per_call,
                      ms_per_call=elapsed / calls * 1000, ms_per_job=elapsed / (calls * jobs_per_call) * 1000,
-                     calls=calls)
+                     calls=calls, cpu=cpu)
 
 
 def _loop(analyzer, batch, seconds: float, sync) -> tuple[int, float]:

@@ -34,6 +34,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.bench_stack import BenchStack  # noqa: E402
+from bench.cpu_usage import BENCH_PROCESS  # noqa: E402
 from bench.drain import drain  # noqa: E402
 from bench.load import LoadResult, run_load  # noqa: E402
 from bench.overhead import celery_round_trips, gpuq_round_trips  # noqa: E402
@@ -123,7 +124,7 @@ def _load_phase(stack: BenchStack, workload: Workload, args: argparse.Namespace,
     finally:
         stack.stop(workers)
     print(f"{label}: {result.items_per_s:,.0f} {workload.unit}/s", flush=True)
-    busy_clients = result.cpu.get("clients (bench process)", 0.0)
+    busy_clients = result.cpu.get(BENCH_PROCESS, 0.0)
     if busy_clients > 0.7:
         print(f"  note: the clients used {busy_clients:.2f} cores; on this machine they may limit the figure",
               flush=True)

@@ -6,6 +6,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from bench.cpu_usage import OTHERS
 from bench.drain import DrainResult
 from bench.load import LoadResult
 from bench.overhead import GpuqOverhead, Latencies
@@ -17,6 +18,8 @@ __all__ = ["Results", "Verdict", "as_json", "print_report", "verdicts"]
 MET, NOT_MET, NOT_MEASURED = "met", "NOT MET", "not measured here"
 #: Model time per job from which a job counts as coarse.
 COARSE_MS = 5.0
+#: Cores used by others during a measurement above which the report says the machine was busy.
+_BUSY_MACHINE = 0.25
 
 
 @dataclass
@@ -47,6 +50,9 @@ class Results:
 
     def drain_with(self, batching: bool) -> DrainResult | None:
         return next((d for d in self.drains if d.batching == batching), None)
+
+    def cpu_readings(self) -> list[dict[str, float]]:
+        return [part.cpu for part in (self.raw, self.batching_on, self.batching_off) if part is not None]
 
     def errors(self) -> list[str]:
         found = [*(self.batching_on.errors if self.batching_on else []),
@@ -142,6 +148,10 @@ def print_report(results: Results) -> None:
         print(f"{label:<{label_width}}  {figure:>{figure_width}}  {details[0] if details else ''}")
         for line in details[1:]:
             print(f"{'':<{label_width}}  {'':>{figure_width}}  {line}")
+    others = max([cpu.get(OTHERS, 0.0) for cpu in results.cpu_readings()], default=0.0)
+    if others > _BUSY_MACHINE:
+        print(f"\nnote: other processes on this machine used up to {others:.2f} cores during the measurements; "
+              "every figure above is lower than an idle machine gives")
     print()
     print("targets:")
     for v in verdicts(results):
@@ -162,16 +172,15 @@ def _rows(results: Results) -> list[tuple[str, str, list[str]]]:
         r = results.raw
         rows.append(("(a) raw model, in-process", f"{r.items_per_s:,.0f} {unit}/s",
                      [f"{r.items_per_call} {unit} per predict call, {r.ms_per_call:.2f} ms per call, "
-                      f"{r.ms_per_job:.3f} ms per job"]))
+                      f"{r.ms_per_job:.3f} ms per job", _cores(r.cpu)]))
     for label, load in (("(b) end to end, batching on", results.batching_on),
                         ("(c) end to end, batching off", results.batching_off)):
         if load:
-            cores = ", ".join(f"{part} {used:.2f}" for part, used in load.cpu.items())
             rows.append((label, f"{load.items_per_s:,.0f} {unit}/s",
                          [f"{load.jobs} jobs in {load.window_s:.1f} s, "
                           f"mean batch size {_figure(load.mean_batch_size)}, "
                           f"job latency p50 {load.latency_p50_ms:.1f} ms, p99 {load.latency_p99_ms:.1f} ms",
-                          f"cores busy: {cores}"]))
+                          _cores(load.cpu)]))
     rows.append(("b/a", _figure(results.e2e_over_raw), ["end to end over the raw model"]))
     rows.append(("b/c", _figure(results.batching_gain), ["batching on over batching off"]))
     if results.overhead:
@@ -190,6 +199,10 @@ def _rows(results: Results) -> list[tuple[str, str, list[str]]]:
                       f"last finish, {d.wall_from_ready_s:.2f} s from worker ready; "
                       f"mean batch size {_figure(d.mean_batch_size)}"]))
     return rows
+
+
+def _cores(cpu: dict[str, float]) -> str:
+    return "cores busy: " + ", ".join(f"{part} {used:.2f}" for part, used in cpu.items())
 
 
 def _p50_p99(latencies: Latencies) -> str:
