@@ -97,11 +97,19 @@ class BenchStack:
             meter.watch("worker (launcher + celery)", workers.pid)
         return meter
 
-    def close(self) -> None:
-        """Stops what this stack started, newest first, whatever state it is in."""
-        for process in reversed(self._processes):
+    def close(self, interrupted: bool = False) -> None:
+        """Stops what this stack started, newest first, whatever state it is in.
+
+        ``interrupted``: clients may still be long-polling, which a graceful API
+        stop would wait out; the API goes first then, and is given little time.
+        """
+        order = list(reversed(self._processes))
+        if interrupted and self.api in order:
+            order.remove(self.api)
+            order.insert(0, self.api)
+        for process in order:
             try:
-                process.stop(timeout=60)
+                process.stop(timeout=5 if interrupted and process is self.api else 60)
             except Exception as error:  # keep going: the others must stop too
                 print(f"could not stop pid {process.pid}: {error}", file=sys.stderr)
         self._processes.clear()

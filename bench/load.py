@@ -53,6 +53,8 @@ def run_load(url: str, workload: Workload, *, clients: int, warmup: float, secon
             try:
                 outcomes.append(run_job(session, url, workload, job_number))
             except (JobFailure, requests.RequestException, ValueError) as error:
+                if stop.is_set():
+                    break  # the run was interrupted and the stack is going away: not the service's error
                 errors.append(str(error))
                 if len(errors) <= _ERRORS_PRINTED:
                     print(f"  ERROR: {error}", file=sys.stderr, flush=True)

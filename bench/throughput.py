@@ -105,8 +105,11 @@ def main(argv: list[str] | None = None) -> int:
                 results.drains.append(result)
                 print(f"drain, batching {'on' if batching else 'off'}: {result.jobs_per_s:,.0f} jobs/s "
                       f"({result.succeeded}/{result.jobs} succeeded)", flush=True)
-    finally:
-        stack.close()
+    except BaseException as error:
+        print(f"\nstopped by {type(error).__name__}: stopping the stack", file=sys.stderr, flush=True)
+        stack.close(interrupted=True)
+        raise
+    stack.close()
 
     print_report(results)
     if args.json:
@@ -152,4 +155,7 @@ def _overhead_phase(stack: BenchStack, results: Results, args: argparse.Namespac
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # the stack is already stopped: no traceback for a Ctrl-C
+        sys.exit(130)
