@@ -20,6 +20,8 @@ MET, NOT_MET, NOT_MEASURED = "met", "NOT MET", "not measured here"
 COARSE_MS = 5.0
 #: Cores used by others during a measurement above which the report says the machine was busy.
 _BUSY_MACHINE = 0.25
+#: Jobs finished in a window below which its rate moves a lot with one job more or less.
+_STEADY_JOBS = 20
 
 
 @dataclass
@@ -148,6 +150,10 @@ def print_report(results: Results) -> None:
         print(f"{label:<{label_width}}  {figure:>{figure_width}}  {details[0] if details else ''}")
         for line in details[1:]:
             print(f"{'':<{label_width}}  {'':>{figure_width}}  {line}")
+    few = [load.jobs for load in (results.batching_on, results.batching_off) if load and load.jobs < _STEADY_JOBS]
+    if few:
+        print(f"\nnote: only {min(few)} jobs finished inside a measuring window; one job more or less moves "
+              f"that rate by {100 / max(1, min(few)):.0f}% or more: raise --seconds for a steady figure")
     others = max([cpu.get(OTHERS, 0.0) for cpu in results.cpu_readings()], default=0.0)
     if others > _BUSY_MACHINE:
         print(f"\nnote: other processes on this machine used up to {others:.2f} cores during the measurements; "
