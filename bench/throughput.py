@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     results = Results(workload=workload, device=args.device, clients=args.clients, cores=os.cpu_count() or 0)
     print(f"workload: {workload.analyzer}, {workload.description}; device {args.device}; "
-          f"{args.clients} clients; {args.seconds:g} s per phase after {args.warmup:g} s of warm-up", flush=True)
+          f"{args.clients} clients; {args.seconds:g} s per phase after {args.warmup:.3g} s of warm-up", flush=True)
 
     results.raw = measure_raw(workload, "cuda:0" if args.device == "cuda" else "cpu", args.seconds)
     print(f"(a) raw model: {results.raw.items_per_s:,.0f} {workload.unit}/s", flush=True)
