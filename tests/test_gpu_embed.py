@@ -1,7 +1,7 @@
 """On a GPU machine: embed through the whole stack on the GPU, matching sentence-transformers on the CPU.
 
 Deselected by default (no GPU on CI); run with ``pytest -m gpu -s`` where CUDA exists
-(``-s`` shows the sentences/s line). ``bench/embed_throughput.py`` measures more carefully.
+(``-s`` shows the sentences/s line). ``bench/throughput.py --analyzer embed --device cuda`` measures more carefully.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 import requests
 import torch
 
-from bench.embed_throughput import make_texts
+from bench.workloads import make_texts
 from gpu_worker.analyzers.embed_model import model_dir
 from gpu_worker.devices import discover_gpus
 from gpuq.redis_server import RedisServer

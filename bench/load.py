@@ -1,0 +1,91 @@
+"""(b) and (c): end-to-end items/s with N concurrent clients, HTTP submit to result.
+
+Each client thread has its own connection and loops: POST a job, long-poll
+it until it ends, check its result. After a warm-up, items of the jobs whose
+result arrived inside the measuring window are counted. Clients then finish
+the job in hand and stop, so the queue is empty when the phase ends.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+
+import requests
+
+from bench.cpu_usage import CpuMeter
+from bench.http_jobs import JobFailure, Outcome, run_job
+from bench.stats import p50_p99
+from bench.workloads import Workload
+
+__all__ = ["LoadResult", "run_load"]
+
+_ERRORS_PRINTED = 10
+
+
+@dataclass
+class LoadResult:
+    items_per_s: float
+    jobs: int
+    items: int
+    window_s: float
+    mean_batch_size: float | None
+    latency_p50_ms: float
+    latency_p99_ms: float
+    errors: list[str] = field(default_factory=list)
+    #: Cores each part of the stack used during the window (1.0 = one core).
+    cpu: dict[str, float] = field(default_factory=dict)
+
+
+def run_load(url: str, workload: Workload, *, clients: int, warmup: float, seconds: float,
+             meter: CpuMeter) -> LoadResult:
+    stop = threading.Event()
+    outcomes: list[Outcome] = []  # list.append is atomic: the threads share it without a lock
+    errors: list[str] = []
+
+    def client(index: int) -> None:
+        session = requests.Session()
+        job_number = index
+        while not stop.is_set():
+            try:
+                outcomes.append(run_job(session, url, workload, job_number))
+            except (JobFailure, requests.RequestException, ValueError) as error:
+                if stop.is_set():
+                    break  # the run was interrupted and the stack is going away: not the service's error
+                errors.append(str(error))
+                if len(errors) <= _ERRORS_PRINTED:
+                    print(f"  ERROR: {error}", file=sys.stderr, flush=True)
+                time.sleep(0.1)  # an API that refuses everything must not be hammered
+            job_number += clients
+        session.close()
+
+    threads = [threading.Thread(target=client, args=(i,), name=f"client-{i}", daemon=True) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(warmup)
+        meter.start()
+        window_began = time.perf_counter()
+        time.sleep(seconds)
+        window_ended = time.perf_counter()
+        cpu = meter.stop()
+    finally:
+        stop.set()  # interrupted: the daemon threads die with the process, no joining
+    for thread in threads:
+        thread.join(timeout=90)  # each finishes the job in hand, so nothing is left queued
+    counted = [o for o in outcomes if window_began <= o.finished_at < window_ended]
+    window = window_ended - window_began
+    items = sum(o.items for o in counted)
+    latency_p50, latency_p99 = p50_p99([o.total_s * 1000 for o in counted])
+    return LoadResult(items_per_s=items / window, jobs=len(counted), items=items, window_s=window,
+                      mean_batch_size=mean_batch_size([o.job for o in counted]),
+                      latency_p50_ms=latency_p50, latency_p99_ms=latency_p99,
+                      errors=errors, cpu=cpu)
+
+
+def mean_batch_size(jobs: list[dict]) -> float | None:
+    sizes = [j["timings"]["batch_size"] for j in jobs if (j.get("timings") or {}).get("batch_size") is not None]
+    return statistics.fmean(sizes) if sizes else None
