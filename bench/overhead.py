@@ -3,8 +3,9 @@
 gpuq: one client, sequentially, POST a ``noop`` job and long-poll it; the
 time from sending the POST to reading ``succeeded`` (result included) is the
 job's overhead, since the analyzer itself does nothing. Celery: the same
-Redis, a plain app with a trivial task, ``apply_async(...).get()``
-sequentially. Both after a warm-up, so connections and caches are made.
+Redis, a plain app with a trivial task, ``apply_async(...).get()``. The two
+are measured in turn, job by job, after a warm-up, so connections and caches
+are made and the machine's noise falls on both.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from bench.http_jobs import run_job
 from bench.stats import p50_p99
 from bench.workloads import Workload
 
-__all__ = ["Latencies", "celery_round_trips", "gpuq_round_trips"]
+__all__ = ["GpuqOverhead", "Latencies", "interleaved_round_trips"]
 
 
 @dataclass(frozen=True)
@@ -42,34 +43,35 @@ class GpuqOverhead:
     jobs: int
 
 
-def gpuq_round_trips(url: str, workload: Workload, jobs: int, warmup: int) -> GpuqOverhead:
+def interleaved_round_trips(url: str, workload: Workload, task, jobs: int, warmup: int,
+                            start_timeout: float = 120) -> tuple[GpuqOverhead, Latencies]:
+    """A gpuq no-op job, then a plain Celery round trip, in turn, ``jobs`` times each.
+
+    Taking them in turn, rather than one series after the other, lets a noisy
+    neighbour on a shared machine slow both measures alike, so their ratio holds.
+    """
+    task.apply_async(args=[{"n": -1}]).get(timeout=start_timeout)  # waits for the Celery worker to start
     session = requests.Session()
+    outcomes, durations = [], []
     try:
-        for n in range(warmup):
-            run_job(session, url, workload, n)
-        outcomes = [run_job(session, url, workload, warmup + n) for n in range(jobs)]
+        for n in range(warmup + jobs):
+            outcome = run_job(session, url, workload, n)
+            began = time.perf_counter()
+            result = task.apply_async(args=[{"n": n}]).get(timeout=30)
+            duration = (time.perf_counter() - began) * 1000
+            if result != {"n": n}:
+                raise RuntimeError(f"the plain Celery task returned {result!r} for {{'n': {n}}}")
+            if n >= warmup:
+                outcomes.append(outcome)
+                durations.append(duration)
     finally:
         session.close()
     timings = [o.job.get("timings") or {} for o in outcomes]
-    return GpuqOverhead(
+    gpuq = GpuqOverhead(
         total=Latencies.of([o.total_s * 1000 for o in outcomes]),
         submit=Latencies.of([o.submit_s * 1000 for o in outcomes]),
         queued=Latencies.of([t["queued_ms"] for t in timings if "queued_ms" in t]),
         run=Latencies.of([t["run_ms"] for t in timings if "run_ms" in t]),
         jobs=len(outcomes),
     )
-
-
-def celery_round_trips(task, jobs: int, warmup: int, start_timeout: float = 120) -> Latencies:
-    """``task.apply_async(...).get()`` one after another; the first call waits for the worker to start."""
-    task.apply_async(args=[{"n": -1}]).get(timeout=start_timeout)
-    for n in range(warmup):
-        task.apply_async(args=[{"n": n}]).get(timeout=30)
-    durations = []
-    for n in range(jobs):
-        began = time.perf_counter()
-        result = task.apply_async(args=[{"n": n}]).get(timeout=30)
-        durations.append((time.perf_counter() - began) * 1000)
-        if result != {"n": n}:
-            raise RuntimeError(f"the plain Celery task returned {result!r} for {{'n': {n}}}")
-    return Latencies.of(durations)
+    return gpuq, Latencies.of(durations)

@@ -1,7 +1,8 @@
 """(a) The limit: the analyzer's own ``predict`` in a tight loop in this process.
 
 The analyzer class is the one the worker serves (``resolve_analyzers``),
-set up on the same device, fed the ``Item``s the worker would build. Single
+set up on the same device with the same torch CPU threads (``GPUQ_TORCH_THREADS``),
+fed the ``Item``s the worker would build. Single
 jobs go in batches of the analyzer's ``max_batch_size`` (the most a worker
 may batch); coarse jobs one per call, as a worker runs them.
 """
@@ -13,7 +14,9 @@ from dataclasses import dataclass, field
 
 from bench.cpu_usage import CpuMeter
 from bench.workloads import Workload
+from gpu_worker.devices import limit_torch_threads
 from gpu_worker.registry import resolve_analyzers
+from tasks.settings import Settings
 
 __all__ = ["RawResult", "measure_raw"]
 
@@ -30,6 +33,8 @@ class RawResult:
 
 
 def measure_raw(workload: Workload, device: str, seconds: float, warmup: float = 1.0) -> RawResult:
+    # The same CPU threads as a worker process gets: like for like.
+    limit_torch_threads(Settings.from_env(redis_url="unused").torch_threads)
     [analyzer_class] = resolve_analyzers(workload.analyzer)
     analyzer = analyzer_class()
     analyzer.setup(device)

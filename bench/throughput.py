@@ -37,7 +37,7 @@ from bench.bench_stack import BenchStack  # noqa: E402
 from bench.cpu_usage import BENCH_PROCESS  # noqa: E402
 from bench.drain import drain  # noqa: E402
 from bench.load import LoadResult, run_load  # noqa: E402
-from bench.overhead import celery_round_trips, gpuq_round_trips  # noqa: E402
+from bench.overhead import interleaved_round_trips  # noqa: E402
 from bench.raw_model import measure_raw  # noqa: E402
 from bench.throughput_report import Results, as_json, print_report  # noqa: E402
 from bench.workloads import ANALYZERS, JOB_KINDS, Workload, build_workload  # noqa: E402
@@ -137,20 +137,17 @@ def _load_phase(stack: BenchStack, workload: Workload, args: argparse.Namespace,
 def _overhead_phase(stack: BenchStack, results: Results, args: argparse.Namespace) -> None:
     noop = build_workload("noop", "single")
     warmup = max(10, args.overhead_jobs // 10)
-    workers = stack.start_workers("noop", batching=True)
-    try:
-        results.overhead = gpuq_round_trips(stack.url, noop, args.overhead_jobs, warmup)
-    finally:
-        stack.stop(workers)
-    print(f"no-op job overhead: p50 {results.overhead.total.p50:.2f} ms", flush=True)
-
     from bench import plain_celery  # reads GPUQ_REDIS_URL at import
 
+    workers = stack.start_workers("noop", batching=True)
     baseline = stack.start_plain_celery(plain_celery.QUEUE)
     try:
-        results.celery = celery_round_trips(plain_celery.echo, args.overhead_jobs, warmup)
+        results.overhead, results.celery = interleaved_round_trips(stack.url, noop, plain_celery.echo,
+                                                                   args.overhead_jobs, warmup)
     finally:
         stack.stop(baseline)
+        stack.stop(workers)
+    print(f"no-op job overhead: p50 {results.overhead.total.p50:.2f} ms", flush=True)
     print(f"plain Celery round trip: p50 {results.celery.p50:.2f} ms", flush=True)
 
 

@@ -21,7 +21,7 @@ from redis.retry import Retry
 
 from gpu_worker import registry
 from gpu_worker.analyzer import Analyzer
-from gpu_worker.devices import describe_device
+from gpu_worker.devices import describe_device, limit_torch_threads
 from gpu_worker.job_metrics import record_finished_jobs
 from gpu_worker.joblock import JobLock
 from gpu_worker.runner import JobRunner
@@ -64,6 +64,7 @@ class WorkerRuntime:
     @classmethod
     def start(cls, *, name: str, settings: Settings, backend: Any, analyzer_classes: list[type[Analyzer]],
               environ: dict[str, str]) -> WorkerRuntime:
+        limit_torch_threads(settings.torch_threads)
         device, label = describe_device(environ.get("GPUQ_DEVICE", "cpu"))
         analyzers: dict[str, Analyzer] = {}
         for cls_ in analyzer_classes:

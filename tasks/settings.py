@@ -86,6 +86,8 @@ class Settings:
     max_streams: int = 4
     #: Seconds an event stream stays open before the client is asked to reconnect.
     stream_max_seconds: float = 300.0
+    #: Threads torch may use for its CPU work in each worker process (``gpu_worker.devices.limit_torch_threads``).
+    torch_threads: int = 1
     #: ``off`` makes workers run every job alone (one job per ``predict``), for comparison and debugging.
     batching: str = "on"
 
