@@ -15,6 +15,7 @@ import os
 from redis import Redis
 
 from tasks import keys
+from tasks.pipelined import Pipelined
 
 __all__ = ["JobLock", "batch_member", "is_batch_member", "owner_of", "parse_owner"]
 
@@ -80,10 +81,13 @@ class JobLock:
 
     def release_many(self, holders: dict[str, str]) -> None:
         """Release ``{job id: holder}`` in one round trip (each only if still held by that holder)."""
-        pipe = self.redis.pipeline(transaction=False)
+        batch = Pipelined(self.redis)
         for job_id, holder in holders.items():
-            self._cas(keys=[keys.job_lock(job_id)], args=[holder, "", 0], client=pipe)
-        pipe.execute()
+            self.queue_release(batch, job_id, holder)
+        batch.execute()
+
+    def queue_release(self, batch: Pipelined, job_id: str, holder: str) -> None:
+        batch.script(self._cas, [keys.job_lock(job_id)], [holder, "", 0])
 
     def is_local(self, holder: str) -> bool:
         """Whether ``holder`` was this worker's own process: its pid can then be checked directly."""

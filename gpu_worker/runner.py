@@ -24,14 +24,16 @@ from typing import Any
 from celery.exceptions import SoftTimeLimitExceeded
 
 from gpu_worker.analyzer import Analyzer, AnalyzerError, Item, OutOfMemory
-from gpu_worker.batch_gathering import BatchGatherer
+from gpu_worker.claims import Claimer
 from gpu_worker.isolation import predict_isolating
+from gpu_worker.job_metrics import observe_ended, record_run_seconds
 from gpu_worker.joblock import JobLock, batch_member, owner_of
 from gpu_worker.progress import ProgressWriter
-from gpu_worker.results import store_results
-from tasks import keys, logs
+from gpu_worker.results import queue_results
+from tasks import logs
 from tasks.app import queue_for
-from tasks.jobs import CANCELED, CANCELING, FAILED, QUEUED, RUNNING, SUCCEEDED, JobRecord, JobStore
+from tasks.jobs import CANCELED, CANCELING, FAILED, QUEUED, RUNNING, SUCCEEDED, JobRecord, JobStore, parse_transition
+from tasks.pipelined import Pipelined
 
 __all__ = ["JobFailed", "JobRunner"]
 
@@ -46,11 +48,12 @@ class JobFailed(Exception):
 
 @dataclass
 class _Claimed:
-    """A job this process holds: running, locked by ``holder``."""
+    """A job this process holds: running, locked by ``holder``, its input in hand."""
 
     record: JobRecord
     holder: str
     started_at: float
+    input: bytes | None
 
     @property
     def job_id(self) -> str:
@@ -68,63 +71,66 @@ class JobRunner:
         self.max_attempts = max_attempts
         self.lock = lock
         self.batching = batching
-        self.gatherer = BatchGatherer(store.redis, lock_ttl=lock.ttl)
-        #: The jobs the last ``run`` took on (the lead first), for the runtime's metrics.
+        self.claimer = Claimer(store.redis, lock_ttl=lock.ttl)
+        #: The jobs the last ``run`` took on (the lead first), and those of them it observed for
+        #: the metrics itself; the runtime records the others from their records.
         self.handled: list[str] = []
+        self.observed: set[str] = set()
 
     def run(self, job_id: str) -> None:
-        self.handled = [job_id]
+        self.handled, self.observed = [job_id], set()
         owner = owner_of(self.worker)
-        # Never twice at the same time: a redelivered copy of a message whose
-        # first copy still runs elsewhere finds the lock held and stands down.
-        if not self.lock.acquire(job_id, owner):
-            log.warning("job %s is running elsewhere (lock held by %s); dropping this copy",
-                        job_id, self.lock.holder(job_id))
+        lead = self._claim_lead(job_id, owner)
+        if lead is None:
             return
         members: list[_Claimed] = []
+        finished = False
         try:
-            lead = self._claim_lead(job_id, owner)
-            if lead is None:
-                return
             analyzer = self.analyzers.get(lead.record.analyzer)
             if analyzer is None:
                 self._fail(job_id, "no_analyzer", f"this worker does not serve analyzer {lead.record.analyzer!r}")
             members = self._gather_members(lead, analyzer)
             self.handled += [m.job_id for m in members]
             failure = self._run_batch(analyzer, [lead, *members])
+            finished = True  # the batch's end released every lock
             if failure is not None:
                 raise JobFailed(failure)
         finally:
-            # A member left unfinished (Redis gone for minutes, say) is then the
-            # janitor's to deliver again: running, and nobody holds its lock.
-            if members:
-                self.lock.release_many({m.job_id: m.holder for m in members})
-            self.lock.release(job_id, owner)
+            if not finished:
+                # A member left unfinished (Redis gone for minutes, say) is then the
+                # janitor's to deliver again: running, and nobody holds its lock.
+                self.lock.release_many({c.job_id: c.holder for c in (lead, *members)})
 
     def _claim_lead(self, job_id: str, owner: str) -> _Claimed | None:
-        record = self.store.get(job_id)
-        if record is None:
-            log.warning("job %s has no record (expired or never accepted); dropping its message", job_id)
-            return None
-        if record.is_terminal:
-            log.info("job %s is already %s; not running it", job_id, record.status)
-            return None
-        if record.status == CANCELING:
-            self.store.finish(job_id, CANCELED, [CANCELING])
-            return None
-        record.attempts = self.store.add_attempt(job_id)
-        if record.attempts > self.max_attempts:
-            self._fail(job_id, "worker_lost",
-                       f"the worker running this job was lost {record.attempts - 1} times; giving up")
         started = time.time()
-        written, status = self.store.transition(job_id, [QUEUED, RUNNING], RUNNING, started_at=started,
-                                                worker=self.worker, device=self.device_label, progress=None)
-        if not written:
-            log.info("job %s became %s before it started; not running it", job_id, status)
-            if status == CANCELING:
-                self.store.finish(job_id, CANCELED, [CANCELING])
-            return None
-        return _Claimed(record, owner, started)
+        fields = self._running_fields(started)
+        claim = self.claimer.claim_lead(job_id, owner=owner, max_attempts=self.max_attempts, running_fields=fields)
+        if claim.outcome == "locked":
+            # Never twice at the same time: a redelivered copy of a message whose first
+            # copy still runs elsewhere stands down; a dead holder's lock is taken over.
+            if not self.lock.acquire(job_id, owner):
+                log.warning("job %s is running elsewhere (lock held by %s); dropping this copy", job_id, claim.holder)
+                return None
+            claim = self.claimer.claim_lead(job_id, owner=owner, max_attempts=self.max_attempts,
+                                            running_fields=fields)
+            if claim.outcome != "claimed":
+                self.lock.release(job_id, owner)
+        if claim.outcome == "claimed":
+            return _Claimed(claim.record, owner, started, claim.input)
+        if claim.outcome == "exhausted":
+            self._fail(job_id, "worker_lost",
+                       f"the worker running this job was lost {claim.attempts - 1} times; giving up")
+        if claim.outcome == CANCELING:
+            self.store.finish(job_id, CANCELED, [CANCELING])
+        elif claim.outcome == "absent":
+            log.warning("job %s has no record (expired or never accepted); dropping its message", job_id)
+        else:
+            log.info("job %s is already %s; not running it", job_id, claim.outcome)
+        return None
+
+    def _running_fields(self, started: float) -> dict[str, Any]:
+        return {"status": RUNNING, "started_at": started, "worker": self.worker, "device": self.device_label,
+                "progress": None}
 
     def _gather_members(self, lead: _Claimed, analyzer: Analyzer) -> list[_Claimed]:
         """Jobs waiting behind the lead, claimed to share its batch (none when batching is off)."""
@@ -136,48 +142,42 @@ class JobRunner:
         wait = analyzer.max_wait_ms / 1000
         wait = max(0.0, min(wait, lead.record.created_at + wait - time.time()))
         holder, started = batch_member(lead.holder), time.time()
-        gathered = self.gatherer.gather(
-            queue_for(analyzer.name), analyzer.max_batch_size - 1, owner=holder, deadline=time.monotonic() + wait,
-            running_fields={"status": RUNNING, "started_at": started, "worker": self.worker,
-                            "device": self.device_label, "progress": None})
+        gathered = self.claimer.gather(queue_for(analyzer.name), analyzer.max_batch_size - 1, owner=holder,
+                                       deadline=time.monotonic() + wait,
+                                       running_fields=self._running_fields(started))
         if gathered.dropped:
             log.info("dropped the messages of %d jobs no longer queued", len(gathered.dropped))
         if not gathered.job_ids:
             return []
-        read = self.store.redis.pipeline(transaction=False)
-        for job_id in gathered.job_ids:
-            read.hgetall(keys.job(job_id))
         members = []
-        for job_id, raw in zip(gathered.job_ids, read.execute(), strict=True):
-            if raw:
-                members.append(_Claimed(JobRecord.from_hash(raw), holder, started))
+        for job_id, (record, data) in zip(gathered.job_ids, self.claimer.read_claimed(gathered.job_ids),
+                                          strict=True):
+            if record is not None:
+                members.append(_Claimed(record, holder, started, data))
             else:  # expired between the claim and now: nothing to run, nothing to record
                 self.lock.release(job_id, holder)
         return members
 
     def _run_batch(self, analyzer: Analyzer, batch: list[_Claimed]) -> str | None:
         """Run ``batch`` and record every job's end; returns the lead's failure ("code: message"), if any."""
-        read = self.store.redis.pipeline(transaction=False)
-        for claimed in batch:
-            read.get(keys.job_input(claimed.job_id))
         endings: dict[str, tuple[str, dict[str, Any]]] = {}  # job id -> (status, fields)
         ready: list[tuple[_Claimed, Item]] = []
-        for claimed, raw in zip(batch, read.execute(), strict=True):
-            if raw is None:
+        for claimed in batch:
+            if claimed.input is None:
                 endings[claimed.job_id] = _failure("input_expired", "the job's input expired before it could run")
                 continue
             record = claimed.record
             if record.input_media_type == JSON_MEDIA_TYPE:
-                data, media_type = json.loads(raw), None
+                data, media_type = json.loads(claimed.input), None
             else:
-                data, media_type = raw, record.input_media_type
+                data, media_type = claimed.input, record.input_media_type
             ready.append((claimed, Item(job_id=claimed.job_id, data=data, media_type=media_type,
                                         params=record.params,
                                         report_progress=ProgressWriter(self.store, claimed.job_id))))
 
         run_started = time.perf_counter()
         outputs = predict_isolating(analyzer, [item for _, item in ready]) if ready else []
-        run_ms = round((time.perf_counter() - run_started) * 1000, 1)
+        run_seconds = time.perf_counter() - run_started
 
         results: dict[str, Any] = {}
         for (claimed, _), output in zip(ready, outputs, strict=True):
@@ -197,27 +197,41 @@ class JobRunner:
             endings[claimed.job_id] = (SUCCEEDED, {
                 "error": None,
                 "timings": {"queued_ms": round((claimed.started_at - claimed.record.created_at) * 1000, 1),
-                            "run_ms": run_ms, "batch_size": len(ready)},
+                            "run_ms": round(run_seconds * 1000, 1), "batch_size": len(ready)},
                 "progress": {"fraction": 1.0, "stage": "done"},
                 "provenance": analyzer.provenance(),
             })
-        # Results first: a record that says succeeded always has one to show.
-        store_results(self.store.redis, self.backend, results)
-        return self._record_endings(batch, endings)
+        return self._end_batch(analyzer, batch, endings, results, run_seconds, len(ready))
 
-    def _record_endings(self, batch: list[_Claimed], endings: dict[str, tuple[str, dict[str, Any]]]) -> str | None:
-        ordered = [c.job_id for c in batch if c.job_id in endings]
-        # QUEUED too: a janitor that took this worker for dead may have queued a job
-        # again meanwhile; the outcome in hand is real, and the copy will see it.
-        replies = self.store.finish_many([
-            (job_id, status, [RUNNING, QUEUED] if status == SUCCEEDED else [QUEUED, RUNNING, CANCELING], fields)
-            for job_id in ordered for status, fields in [endings[job_id]]])
-        canceled = [job_id for job_id, (written, before) in zip(ordered, replies, strict=True)
-                    if not written and before == CANCELING]
+    def _end_batch(self, analyzer: Analyzer, batch: list[_Claimed], endings: dict[str, tuple[str, dict[str, Any]]],
+                   results: dict[str, Any], run_seconds: float, ran: int) -> str | None:
+        """Every end write of the batch in one round trip, in the order Redis applies them:
+        results, then records (so one that says succeeded always has its result), then
+        metrics, then the locks."""
+        writes, now = Pipelined(self.store.redis), time.time()
+        queue_results(writes, self.backend, results)
+        finishes = {}
+        for claimed in batch:
+            status, fields = endings[claimed.job_id]
+            # QUEUED too: a janitor that took this worker for dead may have queued a job
+            # again meanwhile; the outcome in hand is real, and the copy will see it.
+            allowed = [RUNNING, QUEUED] if status == SUCCEEDED else [QUEUED, RUNNING, CANCELING]
+            finishes[claimed.job_id] = self.store.queue_finish(writes, claimed.job_id, status, allowed, fields,
+                                                               now=now)
+            observe_ended(writes, self.store.redis, claimed.record, status=status, started_at=claimed.started_at,
+                          finished_at=now, run_seconds=run_seconds, batch_size=ran or None)
+            self.observed.add(claimed.job_id)
+        if results:
+            record_run_seconds(writes, self.store.redis, analyzer.name, run_seconds, ran)
+        for claimed in batch:
+            self.lock.queue_release(writes, claimed.job_id, claimed.holder)
+        replies = writes.execute()
+        canceled = [job_id for job_id, index in finishes.items()
+                    if parse_transition(replies[index]) == (False, CANCELING)]
         if canceled:  # canceled while the batch ran: the result is discarded
             self.store.finish_many([(job_id, CANCELED, [CANCELING], {}) for job_id in canceled])
         lead = batch[0].job_id
-        status, fields = endings.get(lead, (None, {}))
+        status, fields = endings[lead]
         if status == FAILED and lead not in canceled:
             return f"{fields['error']['code']}: {fields['error']['message']}"
         return None

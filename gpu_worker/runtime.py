@@ -100,7 +100,8 @@ class WorkerRuntime:
                 self.runner.run(job_id)
             finally:
                 self.state, self.current_job = READY, None
-                record_finished_jobs(self.runner.store, self.runner.handled, since=began)
+                unobserved = [i for i in self.runner.handled if i not in self.runner.observed]
+                record_finished_jobs(self.runner.store, unobserved, since=began)
 
     def stop(self) -> None:
         self._stop.set()

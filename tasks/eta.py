@@ -16,6 +16,7 @@ from redis import Redis
 from redis.commands.core import Script
 
 from tasks import catalog, keys
+from tasks.pipelined import Pipelined
 
 __all__ = ["average_run_seconds", "estimate_seconds", "queue_position", "record_run_seconds", "serving_workers"]
 
@@ -60,8 +61,13 @@ def queue_position(redis: Redis, queue: str, job_id: str) -> int | None:
     return None if ahead < 0 else ahead
 
 
-def record_run_seconds(redis: Redis, analyzer: str, seconds: float) -> float:
-    return float(_script(redis, _RECORD)(keys=[keys.RUN_SECONDS], args=[analyzer, repr(float(seconds)), _ALPHA]))
+def record_run_seconds(redis: Redis, analyzer: str, seconds: float, batch: Pipelined | None = None) -> None:
+    """Fold ``seconds`` of worker time per job into the analyzer's average (queued on ``batch`` if given)."""
+    call = (_script(redis, _RECORD), [keys.RUN_SECONDS], [analyzer, repr(float(seconds)), _ALPHA])
+    if batch is not None:
+        batch.script(*call)
+    else:
+        call[0](keys=call[1], args=call[2])
 
 
 def average_run_seconds(redis: Redis, analyzer: str) -> float | None:

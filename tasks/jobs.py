@@ -18,8 +18,9 @@ from typing import Any
 from redis import Redis
 
 from tasks import keys
+from tasks.pipelined import Pipelined
 
-__all__ = ["JobRecord", "JobStore", "QUEUED", "RUNNING", "CANCELING", "SUCCEEDED", "FAILED",
+__all__ = ["JobRecord", "JobStore", "parse_transition", "QUEUED", "RUNNING", "CANCELING", "SUCCEEDED", "FAILED",
            "CANCELED", "TERMINAL"]
 
 QUEUED, RUNNING, CANCELING = "queued", "running", "canceling"
@@ -117,6 +118,13 @@ class JobRecord:
         return cls(**values)
 
 
+def parse_transition(reply: list) -> tuple[bool, str | None]:
+    """(written, status before) from the transition script's reply; status None: the job is absent."""
+    if not reply:
+        return False, None
+    return bool(reply[0]), reply[1].decode()
+
+
 def encode_fields(fields: dict[str, Any]) -> dict[str, str]:
     """Hash values are strings: JSON for structures, plain text otherwise."""
     out: dict[str, str] = {}
@@ -167,9 +175,7 @@ class JobStore:
             keys=[keys.job(job_id), keys.job_events(job_id), keys.RUNNING, keys.WEBHOOK_OUTBOX],
             args=[json.dumps(list(allowed_from)), json.dumps(encode_fields(fields)), ttl, job_id],
         )
-        if not reply:
-            return False, None
-        return bool(reply[0]), reply[1].decode()
+        return parse_transition(reply)
 
     def finish(self, job_id: str, status: str, allowed_from: Iterable[str], **fields: Any) -> bool:
         """Move a job to a terminal status; its record then lives out the result TTL."""
@@ -177,25 +183,33 @@ class JobStore:
 
     def finish_many(self, endings: list[tuple[str, str, Iterable[str], dict[str, Any]]]
                     ) -> list[tuple[bool, str | None]]:
-        """``finish`` for many jobs in two round trips: (job id, status, allowed from, fields) each.
+        """``finish`` for many jobs in one round trip: (job id, status, allowed from, fields) each.
 
         Returns (written, status before) per ending, in order, as ``transition`` does.
         """
-        if not endings:
-            return []
+        batch = Pipelined(self.redis)
         now = time.time()
-        pipe = self.redis.pipeline(transaction=False)
-        for job_id, status, allowed_from, fields in endings:
-            encoded = encode_fields({**fields, "status": status, "finished_at": now,
-                                     "expires_at": now + self.result_ttl})
-            self._transition(keys=[keys.job(job_id), keys.job_events(job_id), keys.RUNNING, keys.WEBHOOK_OUTBOX],
-                             args=[json.dumps(list(allowed_from)), json.dumps(encoded),
-                                   self.result_ttl + self.tombstone_ttl, job_id], client=pipe)
-        replies = [(bool(r[0]), r[1].decode()) if r else (False, None) for r in pipe.execute()]
-        written = [job_id for (job_id, *_), (ok, _) in zip(endings, replies, strict=True) if ok]
-        if written:
-            self.redis.delete(*(keys.job_input(job_id) for job_id in written))
-        return replies
+        indexes = [self.queue_finish(batch, job_id, status, allowed_from, fields, now=now)
+                   for job_id, status, allowed_from, fields in endings]
+        replies = batch.execute()
+        return [parse_transition(replies[i]) for i in indexes]
+
+    def queue_finish(self, batch: Pipelined, job_id: str, status: str, allowed_from: Iterable[str],
+                     fields: dict[str, Any], *, now: float) -> int:
+        """Queue ``finish`` on ``batch``; read its reply with ``parse_transition``.
+
+        The input is deleted whether or not the record is written: a job whose
+        finish is refused has ended some other way (or is canceling) and needs
+        it no more.
+        """
+        encoded = encode_fields({**fields, "status": status, "finished_at": now,
+                                 "expires_at": now + self.result_ttl})
+        index = batch.script(self._transition,
+                             [keys.job(job_id), keys.job_events(job_id), keys.RUNNING, keys.WEBHOOK_OUTBOX],
+                             [json.dumps(list(allowed_from)), json.dumps(encoded),
+                              self.result_ttl + self.tombstone_ttl, job_id])
+        batch.pipe.delete(keys.job_input(job_id))
+        return index
 
     def add_attempt(self, job_id: str) -> int:
         return int(self.redis.hincrby(keys.job(job_id), "attempts", 1))

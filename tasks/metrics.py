@@ -21,12 +21,15 @@ from __future__ import annotations
 import bisect
 import json
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from redis import Redis
+from redis.commands.core import Script
 
 from tasks import keys
 from tasks.app import queue_for
+from tasks.pipelined import Pipelined
 
 __all__ = ["BATCH_SIZE", "COUNTERS", "Counter", "HISTOGRAMS", "Histogram", "JOBS_ACCEPTED", "JOBS_REJECTED",
            "QUEUE_WAIT", "RUN_TIME", "TOTAL_TIME", "HistogramValue", "count", "observe_job", "queue_depths",
@@ -74,16 +77,17 @@ COUNTERS = (JOBS_ACCEPTED, JOBS_REJECTED)
 HISTOGRAMS = (QUEUE_WAIT, RUN_TIME, TOTAL_TIME, BATCH_SIZE)
 
 # KEYS[1]: the job's hash (its record); KEYS[2..]: one histogram hash each.
-# ARGV: per histogram, a triple (labels, bucket index, value).
+# ARGV[1]: the status the record must have; then per histogram, a triple (labels, bucket index, value).
 # A job is observed once: a redelivered message, or a second look at a job
 # another process finished, finds the mark and adds nothing. The mark lives in
 # the job's own hash so that it expires with it; a vanished record is skipped
-# rather than re-created without a TTL.
+# rather than re-created without a TTL, and so is a record whose status is not
+# the one observed (its end was written by someone else).
 _OBSERVE = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('HGET', KEYS[1], 'status') ~= ARGV[1] then return 0 end
 if redis.call('HSETNX', KEYS[1], 'metrics_observed', '1') == 0 then return 0 end
 for i = 2, #KEYS do
-  local base = (i - 2) * 3
+  local base = (i - 2) * 3 + 1
   local labels = ARGV[base + 1]
   redis.call('HINCRBY', KEYS[i], labels .. '|' .. ARGV[base + 2], 1)
   redis.call('HINCRBYFLOAT', KEYS[i], labels .. '|sum', ARGV[base + 3])
@@ -110,10 +114,12 @@ def count(redis: Redis, counter: Counter, *labels: str, amount: int = 1) -> None
 
 
 def observe_job(redis: Redis, job_id: str, *, analyzer: str, status: str, queue_wait: float | None,
-                run: float | None, total: float | None, batch_size: int | None, client: Any = None) -> bool:
-    """Record one finished job in the histograms, once; True when this call recorded it.
+                run: float | None, total: float | None, batch_size: int | None,
+                batch: Pipelined | None = None) -> bool:
+    """Record one finished job (whose record says ``status``) in the histograms, once.
 
-    With ``client`` (a pipeline of ``redis``) the write is queued there and the answer comes with its results.
+    Returns True when this call recorded it; with ``batch`` the write is queued
+    there instead (and True returned), to go with the rest of a batch's writes.
     """
     observations: list[tuple[Histogram, tuple[str, ...], float | None]] = [
         (QUEUE_WAIT, (analyzer, status), queue_wait),
@@ -122,7 +128,7 @@ def observe_job(redis: Redis, job_id: str, *, analyzer: str, status: str, queue_
         (BATCH_SIZE, (analyzer,), batch_size),
     ]
     hist_keys: list[str] = []
-    args: list[Any] = []
+    args: list[Any] = [status]
     for histogram, labels, value in observations:
         if value is None:
             continue
@@ -130,8 +136,16 @@ def observe_job(redis: Redis, job_id: str, *, analyzer: str, status: str, queue_
         hist_keys.append(keys.metric(histogram.name))
         args += [_labels(histogram, labels), histogram.bucket_of(value), repr(value)]
     # register_script sends EVALSHA, and the script body only when Redis lacks it.
-    reply = redis.register_script(_OBSERVE)(keys=[keys.job(job_id), *hist_keys], args=args, client=client)
-    return bool(reply) if client is None else True
+    script = _observe_script(redis)
+    if batch is not None:
+        batch.script(script, [keys.job(job_id), *hist_keys], args)
+        return True
+    return bool(script(keys=[keys.job(job_id), *hist_keys], args=args))
+
+
+@lru_cache(maxsize=8)
+def _observe_script(redis: Redis) -> Script:
+    return redis.register_script(_OBSERVE)
 
 
 def read_counter(redis: Redis, counter: Counter) -> dict[tuple[str, ...], float]:

@@ -187,3 +187,32 @@ def test_a_job_that_already_waited_max_wait_does_not_wait_more(make_runner, subm
     runner.run(deliver(redis_client, "patient"))
     assert time.monotonic() - began < 0.5
     assert batches(redis_client, "patient") == [[lead]]
+
+
+def test_a_copy_of_a_job_whose_lock_a_live_process_holds_stands_down(make_runner, submit, store, redis_client):
+    import subprocess
+    import sys
+
+    runner = make_runner()
+    job_id = submit({"n": 0})
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        redis_client.set(keys.job_lock(job_id), f"batch-test|{other.pid}|1")  # another live process of this worker
+        runner.run(deliver(redis_client))
+    finally:
+        other.kill()
+        other.wait()
+    assert batches(redis_client) == [] and store.get(job_id).status == QUEUED
+
+
+def test_a_lock_left_by_a_dead_process_is_taken_over(make_runner, submit, store, redis_client):
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    runner = make_runner()
+    job_id = submit({"n": 0})
+    redis_client.set(keys.job_lock(job_id), f"batch-test|{dead}|1")
+    runner.run(deliver(redis_client))
+    assert store.get(job_id).status == "succeeded" and redis_client.get(keys.job_lock(job_id)) is None
