@@ -12,7 +12,6 @@ import torch
 from jsonschema import Draft202012Validator
 
 from gpu_worker.analyzer import Item
-from gpu_worker.analyzers import embed as embed_module
 from gpu_worker.analyzers.embed import MAX_CHARS, MAX_TEXTS, EmbedAnalyzer
 from gpu_worker.analyzers.embed_model import MissingModel, model_dir
 from gpu_worker.registry import DEFAULT_ANALYZERS, resolve_analyzers
@@ -87,7 +86,7 @@ def test_paraphrases_land_closer_than_unrelated_sentences(embedder):
 
 
 def test_a_long_list_runs_in_passes_with_progress(embedder, monkeypatch):
-    monkeypatch.setattr(embed_module, "TEXTS_PER_PASS", 4)
+    monkeypatch.setattr(EmbedAnalyzer, "items_per_pass", 4)
     seen = []
     texts = [f"sentence number {i} " * (i % 5 + 1) for i in range(10)]
     result = _embed(embedder, texts, progress=lambda done, total, stage: seen.append((done, total, stage)))
