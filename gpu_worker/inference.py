@@ -7,8 +7,8 @@
   inputs reach a CUDA device by asynchronous copies.
 - ``one_ahead``: a pipeline that prepares pass k+1 on the CPU while the device
   runs pass k.
-- ``out_of_memory``: a CUDA out-of-memory error turned into ``OutOfMemory``,
-  with the allocator's cache freed so the worker can go on.
+- ``run_or_out_of_memory``: a CUDA out-of-memory error turned into
+  ``OutOfMemory``, with the allocator's cache freed so the worker can go on.
 
 Nothing here touches CUDA unless it is handed a CUDA device.
 """
@@ -31,8 +31,8 @@ __all__ = [
     "amp_dtype",
     "autocast",
     "one_ahead",
-    "out_of_memory",
     "ready_for_inference",
+    "run_or_out_of_memory",
 ]
 
 #: Operators' switch: ``fp32`` runs every analyzer in float32 even where it allows
@@ -140,12 +140,21 @@ def one_ahead(prepared: Iterable[Prepared], launch: Callable[[Prepared], Launche
         yield finish(in_flight.pop())
 
 
-def out_of_memory(device: torch.device, message: str) -> OutOfMemory:
-    """The ``OutOfMemory`` to raise for a CUDA out-of-memory error, the cache freed first.
+def run_or_out_of_memory(device: torch.device, work: Callable[[], Finished],
+                         describe: Callable[[], str]) -> Finished:
+    """``work()``; if CUDA runs out of memory, free the cache and raise ``OutOfMemory``.
 
-    Freeing the allocator's cache leaves the device usable for the next batch
-    (the runner retries a batch that ran out of memory in smaller parts).
+    The message is ``describe()`` (what was being done) and the first line of
+    CUDA's. Freeing the allocator's cache leaves the device usable for the
+    next batch (the runner retries a batch that ran out of memory in smaller
+    parts) and for other processes on the GPU.
     """
+    try:
+        return work()
+    except torch.cuda.OutOfMemoryError as error:
+        detail = (str(error).strip().splitlines() or ["CUDA out of memory"])[0]
+    # Out of the except clause: the error's traceback, which holds the failed
+    # pass's tensors, is gone, so emptying the cache can give their memory back.
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return OutOfMemory(message)
+    raise OutOfMemory(f"{describe()}: {detail}")

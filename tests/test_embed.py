@@ -96,6 +96,35 @@ def test_a_long_list_runs_in_passes_with_progress(embedder, monkeypatch):
                           torch.tensor(_embed(embedder, texts[7])["embedding"]), atol=1e-5)
 
 
+def test_the_next_pass_is_tokenized_before_the_current_one_is_reported(embedder, monkeypatch):
+    log = []
+    tokenize = embedder.model.tokenize
+
+    def logged_tokenize(texts):
+        log.append(("tokenize", len(texts)))
+        return tokenize(texts)
+
+    monkeypatch.setattr(embedder.model, "tokenize", logged_tokenize)
+    monkeypatch.setattr(EmbedAnalyzer, "items_per_pass", 4)
+    _embed(embedder, [f"text {i}" for i in range(10)], progress=lambda done, total, stage: log.append(("done", done)))
+    assert log == [("tokenize", 4), ("tokenize", 4), ("done", 4), ("tokenize", 2), ("done", 8), ("done", 10)]
+
+
+def test_the_autocast_path_pools_in_float32(embedder, monkeypatch):
+    """CUDA alone autocasts in production; forcing it on the CPU runs the same code, reduced precision and all."""
+    full = torch.tensor(_embed(embedder, TEXTS)["embeddings"])
+    monkeypatch.setattr(embedder.model, "amp_dtype", torch.bfloat16)
+    reduced = torch.tensor(_embed(embedder, TEXTS)["embeddings"])
+    assert torch.allclose(reduced.norm(dim=1), torch.ones(len(TEXTS)), atol=1e-5)
+    assert (full * reduced).sum(dim=1).min().item() >= 0.999
+
+
+def test_a_malformed_precision_setting_stops_setup(monkeypatch):
+    monkeypatch.setenv("GPUQ_PRECISION", "bf16")
+    with pytest.raises(ValueError, match="GPUQ_PRECISION"):
+        EmbedAnalyzer().setup("cpu")
+
+
 def test_provenance_names_the_packaged_weights(embedder):
     digest = hashlib.sha256((model_dir() / "model.safetensors").read_bytes()).hexdigest()
     assert embedder.provenance() == {"analyzer": "embed", "version": "1", "weights_sha256": digest}

@@ -15,8 +15,8 @@ from gpu_worker.inference import (
     amp_dtype,
     autocast,
     one_ahead,
-    out_of_memory,
     ready_for_inference,
+    run_or_out_of_memory,
 )
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda:0")  # naming a CUDA device does not touch CUDA
@@ -103,6 +103,20 @@ def test_staging_on_the_cpu_is_a_plain_copy():
     assert torch.equal(staged, x) and staged.device == CPU
 
 
-def test_out_of_memory_on_the_cpu_does_not_touch_cuda():
-    error = out_of_memory(CPU, "too big")
-    assert isinstance(error, OutOfMemory) and str(error) == "too big" and error.code == "out_of_memory"
+def test_cuda_out_of_memory_becomes_out_of_memory_with_both_messages():
+    def work():
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 4.00 PiB.\nmore detail")
+
+    with pytest.raises(OutOfMemory) as raised:
+        run_or_out_of_memory(CPU, work, lambda: "ran out doing 3 things")
+    assert str(raised.value) == "ran out doing 3 things: CUDA out of memory. Tried to allocate 4.00 PiB."
+    assert raised.value.code == "out_of_memory"
+    assert run_or_out_of_memory(CPU, lambda: 5, lambda: "unused") == 5
+
+
+def test_other_errors_pass_through():
+    def work():
+        raise RuntimeError("not memory")
+
+    with pytest.raises(RuntimeError, match="not memory"):
+        run_or_out_of_memory(CPU, work, lambda: "unused")

@@ -117,25 +117,24 @@ class DigitsAnalyzer(Analyzer):
         results: list[Any] = [None] * len(batch)
         spans: list[_Span] = []
         passes = self._frames_in_passes(batch, results, spans)
-        probs: list[np.ndarray] = []
-        done = 0
-        try:
-            with torch.inference_mode():
-                for p in inference.one_ahead(passes, self._launch, self._finish):
-                    probs.append(p)
-                    done += len(p)
-                    _report_progress(batch, spans, done - len(p), done)
-        except torch.cuda.OutOfMemoryError as exc:
-            frames = sum(span.count for span in spans)
-            raise inference.out_of_memory(self.device, f"the device ran out of memory classifying {frames} frames") \
-                from exc
-        if not spans:
-            return results
-        everything = np.concatenate(probs)
+        probs = inference.run_or_out_of_memory(
+            self.device, lambda: self._classify(batch, passes, spans),
+            lambda: f"the device ran out of memory classifying {sum(span.count for span in spans)} frames")
         for span in spans:
-            p = everything[span.first : span.first + span.count]
+            p = probs[span.first : span.first + span.count]
             results[span.slot] = _stack_result(p) if span.is_stack else _image_result(p[0])
         return results
+
+    def _classify(self, batch: list[Item], passes: Iterator[np.ndarray], spans: list[_Span]) -> np.ndarray:
+        """Softmax probabilities (all frames, 10), one pass in flight while the next is decoded."""
+        probs: list[np.ndarray] = []
+        done = 0
+        with torch.inference_mode():
+            for p in inference.one_ahead(passes, self._launch, self._finish):
+                probs.append(p)
+                done += len(p)
+                _report_progress(batch, spans, done - len(p), done)
+        return np.concatenate(probs) if probs else np.empty((0, 10), np.float32)
 
     def _frames_in_passes(self, batch: list[Item], results: list[Any], spans: list[_Span]) -> Iterator[np.ndarray]:
         """Decode items one by one and yield their frames in passes of ``items_per_pass``.

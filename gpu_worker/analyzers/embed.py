@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import torch
@@ -145,35 +144,37 @@ class EmbedAnalyzer(Analyzer):
         model = self.model
         assert model is not None
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        passes = [order[lo:lo + self.items_per_pass] for lo in range(0, len(order), self.items_per_pass)]
-
-        def tokenized() -> Iterator[tuple[list[int], dict[str, torch.Tensor]]]:
-            for indices in passes:  # drawn one pass ahead of the device: see inference.one_ahead
-                yield indices, model.tokenize([texts[i] for i in indices])
-
-        def launch(prepared: tuple[list[int], dict[str, torch.Tensor]]) -> tuple[list[int], torch.Tensor]:
-            indices, tokens = prepared
-            return indices, model.embed_tokens(tokens)
-
-        def finish(launched: tuple[list[int], torch.Tensor]) -> tuple[list[int], torch.Tensor]:
-            indices, vectors = launched
-            return indices, vectors.cpu()
-
+        passes = (order[lo:lo + self.items_per_pass] for lo in range(0, len(order), self.items_per_pass))
+        # Lazy: one_ahead draws (tokenizes) the next pass while the device runs the current one.
+        tokenized = ((indices, model.tokenize([texts[i] for i in indices])) for indices in passes)
         out = torch.empty(len(texts), DIMENSIONS)
         totals = [owner.count(slot) for slot in range(len(batch))]
         done = [0] * len(batch)
-        try:
-            for indices, vectors in inference.one_ahead(tokenized(), launch, finish):
+
+        def run() -> None:
+            for indices, vectors in inference.one_ahead(tokenized, self._launch, self._finish):
                 out[indices] = vectors
                 for i in indices:
                     done[owner[i]] += 1
                 for slot in {owner[i] for i in indices}:
                     if not isinstance(batch[slot].data, str):
                         batch[slot].progress(done[slot], totals[slot], "texts")
-        except torch.cuda.OutOfMemoryError as exc:
-            raise inference.out_of_memory(model.device, f"the device ran out of memory embedding {len(texts)} texts") \
-                from exc
+
+        inference.run_or_out_of_memory(model.device, run,
+                                       lambda: f"the device ran out of memory embedding {len(texts)} texts")
         return out
+
+    def _launch(self, prepared: tuple[list[int], dict[str, torch.Tensor]]) -> tuple[list[int], torch.Tensor]:
+        """Queue one pass on the device: the texts' places and their unit vectors, still on the device."""
+        assert self.model is not None
+        indices, tokens = prepared
+        return indices, self.model.embed_tokens(tokens)
+
+    @staticmethod
+    def _finish(launched: tuple[list[int], torch.Tensor]) -> tuple[list[int], torch.Tensor]:
+        """Wait for a pass and bring its vectors to the host."""
+        indices, vectors = launched
+        return indices, vectors.cpu()
 
 
 def _flag(name: str) -> bool:
