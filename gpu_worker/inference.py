@@ -108,7 +108,10 @@ class HostStaging:
         if copied is not None:
             copied.synchronize()  # the last copy out of this buffer has finished reading it
         if buffer is None or buffer.dtype != tensor.dtype or buffer.numel() < tensor.numel():
-            buffer = torch.empty(tensor.numel(), dtype=tensor.dtype, pin_memory=True)
+            # At least double: inputs that grow pass by pass (texts run shortest
+            # first) are then pinned a few times, not once a pass.
+            grown = 2 * buffer.numel() if buffer is not None and buffer.dtype == tensor.dtype else 0
+            buffer = torch.empty(max(tensor.numel(), grown), dtype=tensor.dtype, pin_memory=True)
         # A flat buffer viewed in the input's shape: always contiguous, whatever the shape.
         staged = buffer[: tensor.numel()].view(tensor.shape)
         staged.copy_(tensor)

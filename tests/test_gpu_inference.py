@@ -124,7 +124,9 @@ def test_digits_pinned_copies_give_what_plain_copies_give(heldout, monkeypatch):
 
 def test_staging_reuses_one_buffer_without_overwriting_a_copy_in_flight():
     staging = HostStaging(torch.device(CUDA))
-    sources = [torch.full((4096, 64), float(i)) for i in range(40)] + [torch.arange(10**6).reshape(1000, 1000)]
+    sources = ([torch.full((4096, 64), float(i)) for i in range(40)]
+               + [torch.full((n, 300), float(n)) for n in range(1, 2000, 37)]  # growing: the buffer is replaced
+               + [torch.arange(10**6).reshape(1000, 1000)])  # another dtype
     copies = [staging.to_device(source, "x") for source in sources]  # no synchronisation in between
     torch.cuda.synchronize()
     assert all(torch.equal(copy.cpu(), source) for copy, source in zip(copies, sources, strict=True))
