@@ -73,6 +73,11 @@ class Analyzer:
     #: SHA-256 (hex) of the weights this instance loaded; ``setup`` sets it, with
     #: ``gpu_worker.weights.file_sha256`` or ``state_dict_sha256``. ``None``: no weights.
     weights_sha256: str | None = None
+    #: Reduced precision ``predict`` may run the model in on a CUDA device:
+    #: "bfloat16", "float16", or ``None`` (float32 only, the default). A declaration:
+    #: ``gpu_worker.inference.amp_dtype`` turns it into the dtype to autocast to,
+    #: which is ``None`` on a CPU and under ``GPUQ_PRECISION=fp32``.
+    autocast_dtype: ClassVar[str | None] = None
     #: Sniffed media types accepted as an uploaded ``file`` (empty: none).
     media_types: ClassVar[tuple[str, ...]] = ()
     #: JSON Schema of the JSON ``input`` field (``None``: JSON input refused).

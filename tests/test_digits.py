@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from train_digits import heldout_split  # noqa: E402
 
 from gpu_worker.analyzer import AnalyzerError, InvalidInput, Item, OutOfMemory  # noqa: E402
+from gpu_worker.analyzers import digits as digits_module  # noqa: E402
 from gpu_worker.analyzers.digits import DigitsAnalyzer  # noqa: E402
 from gpu_worker.analyzers.digits_model import WEIGHTS_PATH, WeightsError, load_model  # noqa: E402
 from gpu_worker.decoding import MAX_PIXELS, decode_frames  # noqa: E402
@@ -280,6 +281,86 @@ def test_h5_progress(analyzer: DigitsAnalyzer, sample: list[tuple[np.ndarray, in
     # The single image's frame comes first in the shared forward pass, hence 255.
     assert reports == [(255, 600, "frames"), (511, 600, "frames"), (600, 600, "frames")]
     assert other == []  # single images report no progress
+
+
+def test_passes_of_any_size_give_the_same_results_and_progress_in_order(
+    analyzer: DigitsAnalyzer, sample: list[tuple[np.ndarray, int]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch of single images, stacks and a bad input: 7 frames a pass answers as 256 a pass does."""
+    digits = np.stack([d for d, _ in sample])
+    reports: dict[str, list[tuple[int, int, str]]] = {}
+
+    def batch() -> list[Item]:
+        def item(job: str, data: bytes, media_type: str) -> Item:
+            return Item(job, data, media_type, {}, lambda d, t, s: reports.setdefault(job, []).append((d, t, s)))
+
+        return [item("png", encode(gray_u8(ink(digits[3])), "PNG"), PNG),
+                item("big", npy(np.tile(digits, (30, 1, 1))), NPY),
+                item("bad", b"\x89PNG\r\n\x1a\nbroken", PNG),
+                item("h5", h5({"frames": digits[:5]}), H5),
+                item("one", npy(digits[8]), NPY)]
+
+    whole = analyzer.predict(batch())
+    whole_reports, reports = reports, {}
+    monkeypatch.setattr(analyzer, "items_per_pass", 7)
+    sevens = analyzer.predict(batch())
+    assert_invalid(sevens[2])
+    for a, b in ((whole[0], sevens[0]), (whole[4], sevens[4])):
+        assert a["digit"] == b["digit"] and np.allclose(a["probabilities"], b["probabilities"], atol=1e-5)
+    for a, b in ((whole[1], sevens[1]), (whole[3], sevens[3])):
+        assert [f["digit"] for f in a["frames"]] == [f["digit"] for f in b["frames"]]
+        assert np.allclose([f["confidence"] for f in a["frames"]], [f["confidence"] for f in b["frames"]], atol=1e-5)
+    assert set(reports) == set(whole_reports) == {"big", "h5"}  # stacks only
+    big = reports["big"]
+    assert [done for done, _, _ in big] == sorted({done for done, _, _ in big})  # strictly rising
+    assert big[-1] == (600, 600, "frames") and len(big) == 86  # the PNG's frame, then these 600: ceil(601 / 7)
+    # The h5 stack's frames are 601-605: one in the pass that ends the big stack, four in the next.
+    assert reports["h5"] == [(1, 5, "frames"), (5, 5, "frames")] and whole_reports["h5"] == [(5, 5, "frames")]
+
+
+def test_the_next_pass_is_decoded_while_the_device_runs_the_current_one(
+    analyzer: DigitsAnalyzer, sample: list[tuple[np.ndarray, int]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log: list[str] = []
+    decode, launch, finish = digits_module.decode_frames, analyzer._launch, analyzer._finish
+
+    def logged(name: str, fn):
+        def wrapper(*args):
+            log.append(name)
+            return fn(*args)
+        return wrapper
+
+    monkeypatch.setattr(digits_module, "decode_frames", logged("decode", decode))
+    monkeypatch.setattr(analyzer, "_launch", logged("launch", launch))
+    monkeypatch.setattr(analyzer, "_finish", logged("finish", finish))
+    monkeypatch.setattr(analyzer, "items_per_pass", 1)
+    results = analyzer.predict([Item(str(i), npy(d), NPY) for i, (d, _) in enumerate(sample[:3])])
+    assert [r["digit"] for r in results] == [label for _, label in sample[:3]]
+    assert log == ["decode", "launch", "decode", "finish", "launch", "decode", "finish", "launch", "finish"]
+
+
+def test_the_autocast_path_keeps_float32_probabilities(
+    analyzer: DigitsAnalyzer, heldout: tuple[np.ndarray, np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CUDA alone autocasts in production; forcing it on the CPU runs the same code, reduced precision and all."""
+    x, y = heldout
+    full = run_one(analyzer, npy(x), NPY)
+    monkeypatch.setattr(analyzer, "amp_dtype", torch.bfloat16)
+    reduced = run_one(analyzer, npy(x), NPY)
+    accuracy = [np.mean([f["digit"] == t for f, t in zip(r["frames"], y, strict=True)]) for r in (full, reduced)]
+    assert abs(accuracy[0] - accuracy[1]) <= 0.005
+    image = run_one(analyzer, npy(x[0]), NPY)
+    assert abs(sum(image["probabilities"]) - 1) < 1e-5
+
+
+def test_a_malformed_precision_setting_stops_setup(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GPUQ_PRECISION", "half")
+    with pytest.raises(ValueError, match="GPUQ_PRECISION"):
+        DigitsAnalyzer().setup("cpu")
+    monkeypatch.setenv("GPUQ_PRECISION", "fp32")
+    analyzer = DigitsAnalyzer()
+    analyzer.setup("cpu")
+    assert analyzer.amp_dtype is None and not analyzer.model.training  # type: ignore[union-attr]
 
 
 # -- errors -----------------------------------------------------------------------

@@ -12,7 +12,6 @@ import torch
 from jsonschema import Draft202012Validator
 
 from gpu_worker.analyzer import Item
-from gpu_worker.analyzers import embed as embed_module
 from gpu_worker.analyzers.embed import MAX_CHARS, MAX_TEXTS, EmbedAnalyzer
 from gpu_worker.analyzers.embed_model import MissingModel, model_dir
 from gpu_worker.registry import DEFAULT_ANALYZERS, resolve_analyzers
@@ -87,7 +86,7 @@ def test_paraphrases_land_closer_than_unrelated_sentences(embedder):
 
 
 def test_a_long_list_runs_in_passes_with_progress(embedder, monkeypatch):
-    monkeypatch.setattr(embed_module, "TEXTS_PER_PASS", 4)
+    monkeypatch.setattr(EmbedAnalyzer, "items_per_pass", 4)
     seen = []
     texts = [f"sentence number {i} " * (i % 5 + 1) for i in range(10)]
     result = _embed(embedder, texts, progress=lambda done, total, stage: seen.append((done, total, stage)))
@@ -95,6 +94,35 @@ def test_a_long_list_runs_in_passes_with_progress(embedder, monkeypatch):
     # Texts ran sorted by length, but come back in the order they were sent.
     assert torch.allclose(torch.tensor(result["embeddings"][7]),
                           torch.tensor(_embed(embedder, texts[7])["embedding"]), atol=1e-5)
+
+
+def test_the_next_pass_is_tokenized_before_the_current_one_is_reported(embedder, monkeypatch):
+    log = []
+    tokenize = embedder.model.tokenize
+
+    def logged_tokenize(texts):
+        log.append(("tokenize", len(texts)))
+        return tokenize(texts)
+
+    monkeypatch.setattr(embedder.model, "tokenize", logged_tokenize)
+    monkeypatch.setattr(EmbedAnalyzer, "items_per_pass", 4)
+    _embed(embedder, [f"text {i}" for i in range(10)], progress=lambda done, total, stage: log.append(("done", done)))
+    assert log == [("tokenize", 4), ("tokenize", 4), ("done", 4), ("tokenize", 2), ("done", 8), ("done", 10)]
+
+
+def test_the_autocast_path_pools_in_float32(embedder, monkeypatch):
+    """CUDA alone autocasts in production; forcing it on the CPU runs the same code, reduced precision and all."""
+    full = torch.tensor(_embed(embedder, TEXTS)["embeddings"])
+    monkeypatch.setattr(embedder.model, "amp_dtype", torch.bfloat16)
+    reduced = torch.tensor(_embed(embedder, TEXTS)["embeddings"])
+    assert torch.allclose(reduced.norm(dim=1), torch.ones(len(TEXTS)), atol=1e-5)
+    assert (full * reduced).sum(dim=1).min().item() >= 0.999
+
+
+def test_a_malformed_precision_setting_stops_setup(monkeypatch):
+    monkeypatch.setenv("GPUQ_PRECISION", "bf16")
+    with pytest.raises(ValueError, match="GPUQ_PRECISION"):
+        EmbedAnalyzer().setup("cpu")
 
 
 def test_provenance_names_the_packaged_weights(embedder):

@@ -8,12 +8,15 @@ Importing this module does not touch CUDA; ``setup`` does.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
+from gpu_worker import inference
 from gpu_worker.analyzer import Analyzer, AnalyzerError, Item, OutOfMemory
 from gpu_worker.analyzers.digits_model import WEIGHTS_PATH, DigitsCNN, load_model
 from gpu_worker.decoding import MEDIA_TYPES, decode_frames
@@ -21,8 +24,20 @@ from gpu_worker.weights import file_sha256
 
 __all__ = ["CHUNK_FRAMES", "DigitsAnalyzer"]
 
-#: Frames per forward pass: bounds device memory whatever the stack size.
+#: Frames per forward pass (``DigitsAnalyzer.items_per_pass``): bounds device
+#: memory whatever the stack size, and is large enough that a GPU pass costs
+#: about what its launch does.
 CHUNK_FRAMES = 256
+
+
+@dataclass
+class _Span:
+    """Where one decoded item's frames lie among all the batch's frames."""
+
+    slot: int
+    first: int
+    count: int
+    is_stack: bool
 
 
 class DigitsAnalyzer(Analyzer):
@@ -53,25 +68,36 @@ class DigitsAnalyzer(Analyzer):
     max_input_bytes: ClassVar[int] = 50 * 1024 * 1024
     max_batch_size: ClassVar[int] = 64
     max_wait_ms: ClassVar[int] = 5
+    #: Frames per forward pass, whichever jobs they come from: a batch of many
+    #: single images and one job with a long stack both run in passes of this size.
+    items_per_pass: ClassVar[int] = CHUNK_FRAMES
+    #: A 10-way softmax over a tiny CNN: half precision keeps the argmax (see
+    #: tests/test_gpu_inference.py), and the softmax itself runs in float32.
+    autocast_dtype: ClassVar[str | None] = "float16"
 
     def __init__(self, weights_path: str | Path = WEIGHTS_PATH) -> None:
         self.weights_path = Path(weights_path)
         self.model: DigitsCNN | None = None
         self.device = torch.device("cpu")
+        self.amp_dtype: torch.dtype | None = None
+        self.staging = inference.HostStaging(self.device)
 
     def setup(self, device: str) -> None:
         """Load the shipped weights onto ``device`` and run one warm-up pass.
 
         Raises ``WeightsError`` (a ``RuntimeError``) if the weights file is
-        missing or corrupt: the worker should not start without a model.
+        missing or corrupt, and ``ValueError`` for a malformed ``GPUQ_PRECISION``:
+        the worker should not start without a model it can run.
         """
         self.device = torch.device(device)
+        self.amp_dtype = inference.amp_dtype(self.device, self.autocast_dtype)
+        self.staging = inference.HostStaging(self.device)
         self.model = load_model(self.weights_path, self.device)
         self.weights_sha256 = file_sha256(self.weights_path)
-        # The first pass pays for kernel selection and allocator growth; do it
-        # now rather than inside the first job.
+        # The first pass pays for kernel selection, allocator growth and the
+        # pinned buffer; a full-sized one, now rather than inside the first job.
         with torch.inference_mode():
-            self.model(torch.zeros(1, 8, 8, device=self.device))
+            self._finish(self._launch(np.zeros((self.items_per_pass, 8, 8), np.float32)))
 
     def predict(self, batch: list[Item]) -> list[Any]:
         """One result per item, in order; an item's slot may hold an AnalyzerError instance.
@@ -81,13 +107,44 @@ class DigitsAnalyzer(Analyzer):
         device memory raises ``OutOfMemory`` for the whole batch.
 
         All items' frames go through the model together (that is what batching
-        buys), in chunks of ``CHUNK_FRAMES``; items that are stacks get
+        buys), ``items_per_pass`` at a time; items that are stacks get
         ``progress(done, total, "frames")`` as their frames are classified.
+        Items are decoded as the passes need them, so the CPU decodes the
+        next pass's inputs while the device runs the current one.
         """
         if self.model is None:
             raise RuntimeError("DigitsAnalyzer.setup() must be called before predict()")
         results: list[Any] = [None] * len(batch)
-        decoded: list[tuple[int, np.ndarray, bool]] = []  # (slot, frames, is_stack)
+        spans: list[_Span] = []
+        passes = self._frames_in_passes(batch, results, spans)
+        probs = inference.run_or_out_of_memory(
+            self.device, lambda: self._classify(batch, passes, spans),
+            lambda: f"the device ran out of memory classifying {sum(span.count for span in spans)} frames")
+        for span in spans:
+            p = probs[span.first : span.first + span.count]
+            results[span.slot] = _stack_result(p) if span.is_stack else _image_result(p[0])
+        return results
+
+    def _classify(self, batch: list[Item], passes: Iterator[np.ndarray], spans: list[_Span]) -> np.ndarray:
+        """Softmax probabilities (all frames, 10), one pass in flight while the next is decoded."""
+        probs: list[np.ndarray] = []
+        done = 0
+        with torch.inference_mode():
+            for p in inference.one_ahead(passes, self._launch, self._finish):
+                probs.append(p)
+                done += len(p)
+                _report_progress(batch, spans, done - len(p), done)
+        return np.concatenate(probs) if probs else np.empty((0, 10), np.float32)
+
+    def _frames_in_passes(self, batch: list[Item], results: list[Any], spans: list[_Span]) -> Iterator[np.ndarray]:
+        """Decode items one by one and yield their frames in passes of ``items_per_pass``.
+
+        A bad input's error goes into its slot of ``results``; each decoded
+        item's place among the frames is appended to ``spans``.
+        """
+        held: list[np.ndarray] = []  # decoded frames not yet yielded
+        held_count = 0
+        first = 0
         for slot, item in enumerate(batch):
             try:
                 frames, is_stack = decode_frames(item.data, item.media_type, item.params)
@@ -97,46 +154,36 @@ class DigitsAnalyzer(Analyzer):
             except MemoryError:
                 results[slot] = OutOfMemory("not enough host memory to decode this input")
                 continue
-            decoded.append((slot, frames, is_stack))
-        if not decoded:
-            return results
+            spans.append(_Span(slot, first, len(frames), is_stack))
+            first += len(frames)
+            held.append(frames)
+            held_count += len(frames)
+            while held_count >= self.items_per_pass:
+                pending = np.concatenate(held) if len(held) > 1 else held[0]
+                yield pending[: self.items_per_pass]
+                held, held_count = [pending[self.items_per_pass :]], held_count - self.items_per_pass
+        if held_count:
+            yield np.concatenate(held)
 
-        probs = self._classify(batch, decoded)
-        start = 0
-        for slot, frames, is_stack in decoded:
-            p = probs[start : start + len(frames)]
-            start += len(frames)
-            results[slot] = _stack_result(p) if is_stack else _image_result(p[0])
-        return results
-
-    def _classify(self, batch: list[Item], decoded: list[tuple[int, np.ndarray, bool]]) -> np.ndarray:
-        """Softmax probabilities (total frames, 10) for all decoded items, in order."""
+    def _launch(self, frames: np.ndarray) -> torch.Tensor:
+        """Queue one pass on the device: softmax probabilities (frames, 10), float32, still on the device."""
         assert self.model is not None
-        everything = np.concatenate([frames for _, frames, _ in decoded])
-        total = len(everything)
-        # Where each stack's frames lie in ``everything``, for progress reports.
-        spans: list[tuple[Item, int, int]] = []
-        offset = 0
-        for slot, frames, is_stack in decoded:
-            if is_stack:
-                spans.append((batch[slot], offset, len(frames)))
-            offset += len(frames)
+        x = self.staging.to_device(torch.from_numpy(frames), "frames")
+        with inference.autocast(self.device, self.amp_dtype):
+            logits = self.model(x)
+        return torch.softmax(logits.float(), dim=1)  # float32: probabilities are reported to 6 places
 
-        out = np.empty((total, 10), np.float32)
-        try:
-            with torch.inference_mode():
-                for lo in range(0, total, CHUNK_FRAMES):
-                    hi = min(lo + CHUNK_FRAMES, total)
-                    x = torch.from_numpy(everything[lo:hi]).to(self.device)
-                    out[lo:hi] = torch.softmax(self.model(x).float(), dim=1).cpu().numpy()
-                    for item, first, n in spans:
-                        if first < hi and lo < first + n:  # this chunk covered some of its frames
-                            item.progress(min(hi - first, n), n, "frames")
-        except torch.cuda.OutOfMemoryError as exc:
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()  # leave the device usable for the next batch
-            raise OutOfMemory(f"the device ran out of memory classifying {total} frames") from exc
-        return out
+    @staticmethod
+    def _finish(probs: torch.Tensor) -> np.ndarray:
+        """Wait for a pass and bring its probabilities to the host."""
+        return probs.cpu().numpy()
+
+
+def _report_progress(batch: list[Item], spans: list[_Span], lo: int, hi: int) -> None:
+    """Tell each stack whose frames lie in [lo, hi) how many of its frames are done."""
+    for span in spans:
+        if span.is_stack and span.first < hi and lo < span.first + span.count:
+            batch[span.slot].progress(min(hi - span.first, span.count), span.count, "frames")
 
 
 def _image_result(p: np.ndarray) -> dict[str, Any]:

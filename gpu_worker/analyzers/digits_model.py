@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from gpu_worker.inference import ready_for_inference
+
 __all__ = ["ARCH", "WEIGHTS_PATH", "DigitsCNN", "WeightsError", "build_model", "load_model"]
 
 #: Stored in the weights file's metadata so a file for another network is refused.
@@ -55,7 +57,7 @@ def build_model() -> DigitsCNN:
 
 
 def load_model(path: str | Path = WEIGHTS_PATH, device: str | torch.device = "cpu") -> DigitsCNN:
-    """Build the network, load ``path`` (safetensors) into it, move it to ``device``, eval mode.
+    """Build the network, load ``path`` (safetensors) into it, make it ready for inference on ``device``.
 
     Raises ``WeightsError`` with the path and the reason when the file is
     missing, corrupt, or does not match the network.
@@ -79,4 +81,4 @@ def load_model(path: str | Path = WEIGHTS_PATH, device: str | torch.device = "cp
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise WeightsError(f"digits weights at {path} do not fit the network: {exc}") from exc
-    return model.to(device).eval()
+    return ready_for_inference(model, torch.device(device))
