@@ -25,6 +25,8 @@ __all__ = ["BenchStack"]
 
 ROOT = Path(__file__).resolve().parent.parent
 _WORKER_START_TIMEOUT = 300  # loading torch and a model on a busy 2-core machine
+#: Settings of how a model runs, passed from the benchmark's environment to its workers.
+_MODEL_SETTINGS = ("GPUQ_TORCH_THREADS", "GPUQ_PRECISION", "GPUQ_EMBED_RANDOM_WEIGHTS")
 
 
 class BenchStack:
@@ -34,7 +36,9 @@ class BenchStack:
         self.redis_server = RedisServer(directory / "redis").start()
         self.redis_url = self.redis_server.url
         # cuda: the launcher gives its one worker GPU 0 (CUDA_VISIBLE_DEVICES=0, GPUQ_DEVICE=cuda).
-        self.env = base_env(self.redis_url, GPUQ_GPUS="0" if device == "cuda" else "none")
+        # The model settings the raw loop read in this process reach the workers too: like for like.
+        model_settings = {name: os.environ[name] for name in _MODEL_SETTINGS if name in os.environ}
+        self.env = base_env(self.redis_url, GPUQ_GPUS="0" if device == "cuda" else "none", **model_settings)
         self.redis = redis.Redis.from_url(self.redis_url)
         self.api: Process | None = None
         self.url = ""

@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from bench.embed_throughput import make_texts
+from bench.workloads import make_texts
 from gpu_worker.analyzer import Item
 from gpu_worker.analyzers.embed import RANDOM_WEIGHTS_ENV, EmbedAnalyzer
 from gpu_worker.analyzers.embed_model import model_dir

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench.embed_throughput import make_texts
+from bench.workloads import make_texts
 from gpu_worker.analyzer import Item, OutOfMemory
 from gpu_worker.analyzers.digits import DigitsAnalyzer
 from gpu_worker.analyzers.embed import RANDOM_WEIGHTS_ENV, EmbedAnalyzer
