@@ -22,6 +22,7 @@ from redis import Redis
 from redis.commands.core import Script
 
 from tasks import keys
+from tasks import metrics as job_metrics
 from tasks.app import queue_for
 from tasks.jobs import QUEUED, JobRecord, JobStore, encode_fields
 from tasks.publish import job_message
@@ -30,10 +31,11 @@ __all__ = ["Accepted", "IdempotencyConflict", "QueueFull", "TenantQueueFull", "s
 
 # KEYS: job, input, queue, idempotency key (ignored when ARGV[7] is empty),
 #       the queue's index of queued jobs, the queue's sequence counter,
-#       the tenant's index of jobs, the tenant's set of queued jobs.
+#       the tenant's index of jobs, the tenant's set of queued jobs, the accepted-jobs counter's hash.
 # ARGV: record fields (JSON object of strings), record TTL, input bytes, input TTL,
 #       message, queue depth limit (0: none), idempotency value, idempotency TTL, job id,
-#       tenant's queued-jobs limit (0: none), created time, job key prefix, oldest created time kept.
+#       tenant's queued-jobs limit (0: none), created time, job key prefix, oldest created time kept,
+#       the counter's field (its labels).
 _SUBMIT = """
 if ARGV[7] ~= '' then
   local existing = redis.call('GET', KEYS[4])
@@ -75,6 +77,9 @@ redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', '(' .. ARGV[13])
 redis.call('EXPIRE', KEYS[7], ARGV[2])
 redis.call('SADD', KEYS[8], ARGV[9])
 redis.call('EXPIRE', KEYS[8], ARGV[2])
+-- Counted here rather than by a request hook after the answer: no round trip of
+-- its own, and a job is counted exactly when it is written.
+redis.call('HINCRBY', KEYS[9], ARGV[14], 1)
 return {'created', ''}
 """
 
@@ -141,12 +146,13 @@ def submit_job(store: JobStore, celery_app: Celery, *, analyzer: str, input_byte
         keys=[keys.job(record.id), keys.job_input(record.id), queue,
               keys.idempotency(f"{tenant}:{idempotency_key}" if idempotency_key else ""),
               keys.queued_index(queue), keys.queue_sequence(queue),
-              keys.tenant_jobs(tenant), keys.tenant_queued(tenant)],
+              keys.tenant_jobs(tenant), keys.tenant_queued(tenant), keys.metric(job_metrics.JOBS_ACCEPTED.name)],
         args=[json.dumps(encode_fields(fields)), store.queued_record_ttl, input_bytes, store.input_ttl,
               job_message(celery_app, record.id, analyzer, queue), max_queue_depth,
               f"{fingerprint}|{record.id}" if idempotency_key else "", store.queued_record_ttl, record.id,
               tenant_max_queued, repr(record.created_at), keys.job(""),
-              repr(record.created_at - store.queued_record_ttl)],
+              repr(record.created_at - store.queued_record_ttl),
+              job_metrics.counter_field(job_metrics.JOBS_ACCEPTED, analyzer)],
     )
     status, detail = status.decode(), detail.decode()
     if status == "full":
