@@ -26,6 +26,12 @@ threads = int(os.environ.get("GPUQ_API_THREADS", "8"))
 timeout = 60
 graceful_timeout = 30
 keepalive = 5
+# Each worker listens on a socket of its own (SO_REUSEPORT) and the kernel spreads new
+# connections over them. With one shared socket, whichever worker wakes first accepts a burst
+# of keep-alive connections and keeps them: measured here, often all of them, leaving the
+# other workers idle while one saturates a core. The price: a worker that dies drops the
+# connections still waiting in its own backlog (clients retry, as after any reset).
+reuse_port = True
 accesslog = os.environ.get("GPUQ_API_ACCESS_LOG", "-") or None  # empty: no access log
 errorlog = "-"
 # gunicorn's lines and the app's in one format: text, or JSON with GPUQ_LOG_FORMAT=json,

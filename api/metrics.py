@@ -39,17 +39,16 @@ def scrape() -> Response:
 
 @metrics.after_app_request
 def count_submission(response: Response) -> Response:
-    """Count each answer to ``POST /v1/jobs``: accepted, or rejected with its error code."""
-    if request.endpoint != _SUBMIT_ENDPOINT or request.method != "POST":
+    """Count each refused ``POST /v1/jobs`` with its error code.
+
+    Accepted jobs are counted by the submit script itself (tasks/submission.py),
+    in the same step that writes them: a replay of an earlier request (same
+    Idempotency-Key) accepts, and counts, nothing.
+    """
+    if request.endpoint != _SUBMIT_ENDPOINT or request.method != "POST" or response.status_code == 202:
         return response
     svc = services()
     try:
-        if response.status_code == 202:
-            # A replay of an earlier request (same Idempotency-Key) accepted no new job.
-            if response.headers.get("Idempotent-Replayed") != "true":
-                job_metrics.count(svc.redis, job_metrics.JOBS_ACCEPTED,
-                                  (response.get_json() or {}).get("analyzer", ""))
-            return response
         reason = ((response.get_json(silent=True) or {}).get("error") or {}).get("code") or str(response.status_code)
         if reason == "unavailable":
             return response  # Redis is down: nowhere to count it, and trying would only slow the 503

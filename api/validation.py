@@ -139,12 +139,30 @@ def _check_json_input(json_input: Any, spec: dict[str, Any]) -> tuple[bytes, str
 
 
 def _validate(value: Any, schema: dict[str, Any], field: str) -> None:
-    error = next(iter(_validator(json.dumps(schema, sort_keys=True)).iter_errors(value)), None)
+    error = next(iter(_validator_of(schema).iter_errors(value)), None)
     if error is None:
         return
     path = ".".join(str(p) for p in error.absolute_path)
     where = f"{field}.{path}" if path else field
     raise UnprocessableEntity(f"{where}: {error.message}", field=where)
+
+
+#: Validators by the id of the schema object they were made for (kept, so the id cannot be reused):
+#: the catalog hands out the same spec for a while, and writing it out as JSON to look it up cost
+#: as much as validating.
+_BY_IDENTITY: dict[int, tuple[dict[str, Any], Draft202012Validator]] = {}
+_BY_IDENTITY_MAX = 256
+
+
+def _validator_of(schema: dict[str, Any]) -> Draft202012Validator:
+    entry = _BY_IDENTITY.get(id(schema))
+    if entry is not None and entry[0] is schema:
+        return entry[1]
+    validator = _validator(json.dumps(schema, sort_keys=True))
+    if len(_BY_IDENTITY) >= _BY_IDENTITY_MAX:  # the catalog's refreshes leave old specs behind
+        _BY_IDENTITY.clear()
+    _BY_IDENTITY[id(schema)] = (schema, validator)
+    return validator
 
 
 @lru_cache(maxsize=256)

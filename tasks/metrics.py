@@ -6,9 +6,10 @@ hosts, so they need shared storage anyway. Keeping the API's counters there
 too means that every gunicorn worker (and every API replica) renders the same
 fleet-wide numbers from one source: no PROMETHEUS_MULTIPROC_DIR to clean at
 start, no ``child_exit`` hook, and an API restart resets nothing. The price is
-one HINCRBY per submission, and the rule that Prometheus scrapes one API
-address (or the load-balanced service): summing the replicas would count each
-job once per replica.
+one HINCRBY per submission (for an accepted job, inside the submit script of
+tasks/submission.py, so it costs no round trip of its own), and the rule that
+Prometheus scrapes one API address (or the load-balanced service): summing the
+replicas would count each job once per replica.
 
 Storage: one hash per metric (``tasks.keys.metric``). A counter's field is its
 label values as a JSON list; a histogram's fields are ``<labels>|<i>`` (the
@@ -32,8 +33,8 @@ from tasks.app import queue_for
 from tasks.pipelined import Pipelined
 
 __all__ = ["BATCH_SIZE", "COUNTERS", "Counter", "HISTOGRAMS", "Histogram", "JOBS_ACCEPTED", "JOBS_REJECTED",
-           "QUEUE_WAIT", "RUN_TIME", "TOTAL_TIME", "HistogramValue", "count", "observe_job", "queue_depths",
-           "read_counter", "read_histogram"]
+           "QUEUE_WAIT", "RUN_TIME", "TOTAL_TIME", "HistogramValue", "count", "counter_field", "observe_job",
+           "queue_depths", "read_counter", "read_histogram"]
 
 #: Seconds: from a fast GPU call to the hard time limit's order of magnitude.
 _TIME_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
@@ -109,8 +110,13 @@ def _labels(metric: Counter | Histogram, values: tuple[str, ...]) -> str:
     return json.dumps([str(v) for v in values], separators=(",", ":"))
 
 
+def counter_field(counter: Counter, *labels: str) -> str:
+    """The field of ``counter``'s hash that holds the count of these labels (for a script that counts)."""
+    return _labels(counter, labels)
+
+
 def count(redis: Redis, counter: Counter, *labels: str, amount: int = 1) -> None:
-    redis.hincrby(keys.metric(counter.name), _labels(counter, labels), amount)
+    redis.hincrby(keys.metric(counter.name), counter_field(counter, *labels), amount)
 
 
 def observe_job(redis: Redis, job_id: str, *, analyzer: str, status: str, queue_wait: float | None,

@@ -13,6 +13,7 @@ import hashlib
 import json
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -22,18 +23,21 @@ from redis import Redis
 from redis.commands.core import Script
 
 from tasks import keys
+from tasks import metrics as job_metrics
 from tasks.app import queue_for
+from tasks.batched_script import BatchedScript
 from tasks.jobs import QUEUED, JobRecord, JobStore, encode_fields
 from tasks.publish import job_message
 
-__all__ = ["Accepted", "IdempotencyConflict", "QueueFull", "TenantQueueFull", "submit_job"]
+__all__ = ["Accepted", "IdempotencyConflict", "QueueFull", "TenantQueueFull", "batched_submit_script", "submit_job"]
 
 # KEYS: job, input, queue, idempotency key (ignored when ARGV[7] is empty),
 #       the queue's index of queued jobs, the queue's sequence counter,
-#       the tenant's index of jobs, the tenant's set of queued jobs.
+#       the tenant's index of jobs, the tenant's set of queued jobs, the accepted-jobs counter's hash.
 # ARGV: record fields (JSON object of strings), record TTL, input bytes, input TTL,
 #       message, queue depth limit (0: none), idempotency value, idempotency TTL, job id,
-#       tenant's queued-jobs limit (0: none), created time, job key prefix, oldest created time kept.
+#       tenant's queued-jobs limit (0: none), created time, job key prefix, oldest created time kept,
+#       the counter's field (its labels).
 _SUBMIT = """
 if ARGV[7] ~= '' then
   local existing = redis.call('GET', KEYS[4])
@@ -75,6 +79,9 @@ redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', '(' .. ARGV[13])
 redis.call('EXPIRE', KEYS[7], ARGV[2])
 redis.call('SADD', KEYS[8], ARGV[9])
 redis.call('EXPIRE', KEYS[8], ARGV[2])
+-- Counted here rather than by a request hook after the answer: no round trip of
+-- its own, and a job is counted exactly when it is written.
+redis.call('HINCRBY', KEYS[9], ARGV[14], 1)
 return {'created', ''}
 """
 
@@ -111,6 +118,11 @@ def _submit_script(redis: Redis) -> Script:
     return redis.register_script(_SUBMIT)
 
 
+def batched_submit_script(redis: Redis) -> BatchedScript:
+    """The submit script for a process whose threads submit at once (the API): see tasks/batched_script.py."""
+    return BatchedScript(redis, _SUBMIT)
+
+
 def _fingerprint(analyzer: str, params: dict[str, Any], media_type: str, data: bytes) -> str:
     digest = hashlib.sha256()
     for part in (analyzer.encode(), json.dumps(params, sort_keys=True).encode(), media_type.encode(), data):
@@ -122,7 +134,12 @@ def _fingerprint(analyzer: str, params: dict[str, Any], media_type: str, data: b
 def submit_job(store: JobStore, celery_app: Celery, *, analyzer: str, input_bytes: bytes,
                input_media_type: str, params: dict[str, Any], max_queue_depth: int = 0,
                idempotency_key: str | None = None, webhook: str | None = None, tenant: str = "default",
-               tenant_max_queued: int = 0) -> Accepted:
+               tenant_max_queued: int = 0, submit_script: Callable[..., Any] | None = None) -> Accepted:
+    """Write the job's record, input and message in one atomic step, or refuse it having written nothing.
+
+    ``submit_script``: what runs the submit script, ``batched_submit_script(redis)`` in a process
+    that submits from many threads; by default it is sent on its own.
+    """
     record = JobRecord(
         id=str(uuid.uuid4()),
         analyzer=analyzer,
@@ -136,17 +153,18 @@ def submit_job(store: JobStore, celery_app: Celery, *, analyzer: str, input_byte
     fingerprint = _fingerprint(analyzer, params, input_media_type, input_bytes) if idempotency_key else ""
     queue = queue_for(analyzer)
     fields = {k: v for k, v in record.__dict__.items() if v is not None}
-    status, detail = _submit_script(store.redis)(
+    status, detail = (submit_script or _submit_script(store.redis))(
         # Idempotency keys are the tenant's own: another tenant's same key is another job.
         keys=[keys.job(record.id), keys.job_input(record.id), queue,
               keys.idempotency(f"{tenant}:{idempotency_key}" if idempotency_key else ""),
               keys.queued_index(queue), keys.queue_sequence(queue),
-              keys.tenant_jobs(tenant), keys.tenant_queued(tenant)],
+              keys.tenant_jobs(tenant), keys.tenant_queued(tenant), keys.metric(job_metrics.JOBS_ACCEPTED.name)],
         args=[json.dumps(encode_fields(fields)), store.queued_record_ttl, input_bytes, store.input_ttl,
               job_message(celery_app, record.id, analyzer, queue), max_queue_depth,
               f"{fingerprint}|{record.id}" if idempotency_key else "", store.queued_record_ttl, record.id,
               tenant_max_queued, repr(record.created_at), keys.job(""),
-              repr(record.created_at - store.queued_record_ttl)],
+              repr(record.created_at - store.queued_record_ttl),
+              job_metrics.counter_field(job_metrics.JOBS_ACCEPTED, analyzer)],
     )
     status, detail = status.decode(), detail.decode()
     if status == "full":

@@ -8,6 +8,7 @@ import json
 import pytest
 
 from tasks import keys
+from tasks import metrics as job_metrics
 from tasks.jobs import CANCELED, QUEUED, RUNNING, SUCCEEDED, JobStore
 from tasks.submission import IdempotencyConflict, QueueFull, submit_job
 
@@ -92,3 +93,15 @@ def test_finish_sets_expiry_drops_input_and_publishes(store, redis_client, new_j
 def test_absent_job(store):
     assert store.get("nope") is None
     assert store.transition("nope", [QUEUED], RUNNING) == (False, None)
+
+
+def test_an_accepted_job_is_counted_with_it_and_a_replay_or_refusal_is_not(redis_client, new_job):
+    def accepted() -> float:
+        return job_metrics.read_counter(redis_client, job_metrics.JOBS_ACCEPTED).get(("storetest",), 0)
+
+    before = accepted()
+    new_job(idempotency_key="counted-once")
+    new_job(idempotency_key="counted-once")
+    with pytest.raises(QueueFull):
+        new_job(max_queue_depth=1)
+    assert accepted() - before == 1

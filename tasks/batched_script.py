@@ -1,0 +1,121 @@
+"""One Lua script called from many threads, the calls that wait at the same time sent together.
+
+Under load, an API process has several threads submitting at once, and a Redis
+round trip of one's own costs each of them far more than the script itself:
+the socket calls, and handing the GIL to and fro while the thread waits. A
+``BatchedScript`` gives every call to one sender thread, which sends all the
+calls waiting at that moment in one pipeline (one write, one read) and hands
+each caller its own reply. Nothing waits to fill a batch: a lone call goes out
+at once, and calls that arrive while a batch is on the wire form the next one.
+
+Each call is still its own EVALSHA, atomic on its own, and its caller returns
+only once Redis has answered it: batching changes how calls travel, not what
+they do or when a caller may rely on them. A Redis error reaches every caller
+of that batch (the pipeline is not a transaction: a call that failed inside
+Redis fails alone).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import os
+import threading
+import weakref
+from collections.abc import Sequence
+from typing import Any
+
+from redis import Redis
+from redis.exceptions import NoScriptError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+__all__ = ["BatchedScript"]
+
+
+class _Call:
+    __slots__ = ("keys", "args", "reply", "error", "_done")
+
+    def __init__(self, keys: Sequence[Any], args: Sequence[Any]):
+        self.keys, self.args = keys, args
+        self.reply: Any = None
+        self.error: BaseException | None = None
+        # A bare lock, held until the reply is in: the cheapest thing a thread can wait on.
+        self._done = threading.Lock()
+        self._done.acquire()
+
+    def finish(self, reply: Any) -> None:
+        if isinstance(reply, Exception):
+            self.error = reply
+        else:
+            self.reply = reply
+        self._done.release()
+
+    def wait(self, timeout: float) -> bool:
+        return self._done.acquire(timeout=timeout)
+
+
+class BatchedScript:
+    """Call like redis-py's ``Script``: ``script(keys=[...], args=[...])`` returns the script's reply."""
+
+    def __init__(self, redis: Redis, source: str, *, max_batch: int = 64, reply_timeout: float = 30.0):
+        self._redis = redis
+        self._source = source
+        self._sha = hashlib.sha1(source.encode()).hexdigest()
+        self._max_batch = max_batch
+        #: Only a guard against a stuck sender: Redis being away is reported by the client's own timeouts.
+        self._reply_timeout = reply_timeout
+        self._reset()
+        # A forked child (a gunicorn worker) has none of its parent's threads: it starts its own sender.
+        ref = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: (lambda s: s and s._reset())(ref()))
+
+    def __call__(self, keys: Sequence[Any] = (), args: Sequence[Any] = ()) -> Any:
+        call = _Call(keys, args)
+        with self._ready:
+            if self._sender is None:
+                self._sender = threading.Thread(target=self._send_forever, name="gpuq-batched-script", daemon=True)
+                self._sender.start()
+            self._waiting.append(call)
+            self._ready.notify()
+        if not call.wait(self._reply_timeout):
+            raise RedisTimeoutError(f"no reply from Redis within {self._reply_timeout:g} s")
+        if call.error is not None:
+            # One error object may reach several callers at once: each raises its own copy.
+            raise copy.copy(call.error)
+        return call.reply
+
+    def _reset(self) -> None:
+        self._ready = threading.Condition(threading.Lock())
+        self._waiting: list[_Call] = []
+        self._sender: threading.Thread | None = None
+
+    def _send_forever(self) -> None:
+        while True:
+            with self._ready:
+                while not self._waiting:
+                    self._ready.wait()
+                batch = self._waiting[:self._max_batch]
+                del self._waiting[:self._max_batch]
+            try:
+                replies = self._send(batch)
+            except Exception as error:  # Redis away, or the connection broke: every caller of the batch hears it
+                replies = [error] * len(batch)
+            for call, reply in zip(batch, replies, strict=True):
+                call.finish(reply)
+
+    def _send(self, batch: list[_Call]) -> list[Any]:
+        replies = self._evalsha(batch)
+        # Redis restarted (or flushed its scripts) since we last loaded it: load, then send those calls again.
+        # A call refused with NOSCRIPT never ran, so sending it again cannot run it twice.
+        unknown = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if unknown:
+            self._redis.script_load(self._source)
+            for i, reply in zip(unknown, self._evalsha([batch[i] for i in unknown]), strict=True):
+                replies[i] = reply
+        return replies
+
+    def _evalsha(self, batch: list[_Call]) -> list[Any]:
+        pipe = self._redis.pipeline(transaction=False)
+        for call in batch:
+            pipe.evalsha(self._sha, len(call.keys), *call.keys, *call.args)
+        return pipe.execute(raise_on_error=False)
