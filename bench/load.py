@@ -33,6 +33,9 @@ class LoadResult:
     items: int
     window_s: float
     mean_batch_size: float | None
+    #: Share of the window the worker spent in ``predict`` (each batch's run_ms counted once):
+    #: what is left is the service's own time per job, or time without work.
+    predict_share: float | None
     latency_p50_ms: float
     latency_p99_ms: float
     errors: list[str] = field(default_factory=list)
@@ -82,6 +85,7 @@ def run_load(url: str, workload: Workload, *, clients: int, warmup: float, secon
     latency_p50, latency_p99 = p50_p99([o.total_s * 1000 for o in counted])
     return LoadResult(items_per_s=items / window, jobs=len(counted), items=items, window_s=window,
                       mean_batch_size=mean_batch_size([o.job for o in counted]),
+                      predict_share=predict_seconds([o.job for o in counted]) / window,
                       latency_p50_ms=latency_p50, latency_p99_ms=latency_p99,
                       errors=errors, cpu=cpu)
 
@@ -89,3 +93,9 @@ def run_load(url: str, workload: Workload, *, clients: int, warmup: float, secon
 def mean_batch_size(jobs: list[dict]) -> float | None:
     sizes = [j["timings"]["batch_size"] for j in jobs if (j.get("timings") or {}).get("batch_size") is not None]
     return statistics.fmean(sizes) if sizes else None
+
+
+def predict_seconds(jobs: list[dict]) -> float:
+    """Seconds spent in ``predict`` for these jobs: a batch's run_ms shared out among its jobs."""
+    return sum(t["run_ms"] / t["batch_size"] / 1000 for t in (j.get("timings") or {} for j in jobs)
+               if t.get("run_ms") is not None and t.get("batch_size"))

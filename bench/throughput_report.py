@@ -185,6 +185,7 @@ def _rows(results: Results) -> list[tuple[str, str, list[str]]]:
             rows.append((label, f"{load.items_per_s:,.0f} {unit}/s",
                          [f"{load.jobs} jobs in {load.window_s:.1f} s, "
                           f"mean batch size {_figure(load.mean_batch_size)}, "
+                          f"worker in predict {_percent(load.predict_share)}, "
                           f"job latency p50 {load.latency_p50_ms:.1f} ms, p99 {load.latency_p99_ms:.1f} ms",
                           _cores(load.cpu)]))
     rows.append(("b/a", _figure(results.e2e_over_raw), ["end to end over the raw model"]))
@@ -223,3 +224,7 @@ def as_json(results: Results) -> dict[str, Any]:
     data["targets"] = [asdict(v) for v in verdicts(results)]
     data["errors"] = results.errors()
     return data
+
+
+def _percent(share: float | None) -> str:
+    return "-" if share is None else f"{share * 100:.0f} %"

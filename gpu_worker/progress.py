@@ -13,17 +13,23 @@ log = logging.getLogger("gpuq.progress")
 
 
 class ProgressWriter:
-    """Callable given to analyzers; writes at most every ``interval`` seconds, and the last step always."""
+    """Callable given to analyzers; writes at most every ``interval`` seconds, the first time
+    ``interval`` after the job started.
+
+    A job that ends sooner writes no progress at all: nobody polls it in time to
+    see it, and its end writes ``fraction: 1.0`` anyway. Batches of small jobs
+    would otherwise pay a Redis round trip per job for nothing.
+    """
 
     def __init__(self, store: JobStore, job_id: str, interval: float = 0.25):
         self._store = store
         self._job_id = job_id
         self._interval = interval
-        self._last = float("-inf")
+        self._last = time.monotonic()
 
     def __call__(self, done: int, total: int, stage: str = "") -> None:
         now = time.monotonic()
-        if done < total and now - self._last < self._interval:
+        if now - self._last < self._interval:
             return
         self._last = now
         fraction = round(done / total, 4) if total else None

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _load(items_per_s: float) -> LoadResult:
-    return LoadResult(items_per_s=items_per_s, jobs=10, items=10, window_s=1.0, mean_batch_size=1.0,
+    return LoadResult(items_per_s=items_per_s, jobs=10, items=10, window_s=1.0, mean_batch_size=1.0, predict_share=0.5,
                       latency_p50_ms=1.0, latency_p99_ms=2.0)
 
 
