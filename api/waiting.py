@@ -2,31 +2,54 @@
 
 Subscribes to the job's event channel before reading the record, so a change
 that lands between the read and the wait is never missed.
+
+Each serving thread keeps one pub/sub connection and reuses it from one wait
+to the next (subscribe, wait, unsubscribe): redis-py's ``PubSub.close``
+disconnects, and a new connection per long-poll costs several round trips
+(connect, handshake), more than the rest of the wait's work. A message left
+over from an earlier wait only makes the loop read the record once more.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 
 from redis import Redis
+from redis.client import PubSub
 
 from tasks import keys
 from tasks.jobs import JobRecord, JobStore
 
 __all__ = ["wait_for_terminal"]
 
+_per_thread = threading.local()
+
 
 def wait_for_terminal(redis: Redis, store: JobStore, job_id: str, timeout: float) -> JobRecord | None:
     deadline = time.monotonic() + timeout
-    pubsub = redis.pubsub(ignore_subscribe_messages=True)
+    channel = keys.job_events(job_id)
+    pubsub = _thread_pubsub(redis)
     try:
-        pubsub.subscribe(keys.job_events(job_id))
+        pubsub.subscribe(channel)
         while True:
             record = store.get(job_id)
             remaining = deadline - time.monotonic()
             if record is None or record.is_terminal or remaining <= 0:
+                pubsub.unsubscribe(channel)
                 return record
             # Any message means the record changed: read it again.
             pubsub.get_message(timeout=min(remaining, 1.0))
-    finally:
+    except BaseException:
+        # Broken, or left in an unknown state: the next wait starts afresh.
+        _per_thread.pubsub = None
         pubsub.close()
+        raise
+
+
+def _thread_pubsub(redis: Redis) -> PubSub:
+    pubsub = getattr(_per_thread, "pubsub", None)
+    if pubsub is None or pubsub.connection_pool is not redis.connection_pool:
+        pubsub = redis.pubsub(ignore_subscribe_messages=True)
+        _per_thread.pubsub = pubsub
+    return pubsub

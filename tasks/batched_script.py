@@ -3,10 +3,12 @@
 Under load, an API process has several threads submitting at once, and a Redis
 round trip of one's own costs each of them far more than the script itself:
 the socket calls, and handing the GIL to and fro while the thread waits. A
-``BatchedScript`` gives every call to one sender thread, which sends all the
-calls waiting at that moment in one pipeline (one write, one read) and hands
-each caller its own reply. Nothing waits to fill a batch: a lone call goes out
-at once, and calls that arrive while a batch is on the wire form the next one.
+``BatchedScript`` sends all the calls waiting at one moment in one pipeline
+(one write, one read) and hands each caller its own reply. There is no sender
+thread to wake: a call that finds nothing on the wire goes out at once from its
+own thread, taking along any that wait; calls that arrive while a batch is on
+the wire queue, and when that batch's replies are in, the first of them is
+woken to send the next batch, itself included. Nothing waits to fill a batch.
 
 Each call is still its own EVALSHA, atomic on its own, and its caller returns
 only once Redis has answered it: batching changes how calls travel, not what
@@ -33,25 +35,33 @@ __all__ = ["BatchedScript"]
 
 
 class _Call:
-    __slots__ = ("keys", "args", "reply", "error", "_done")
+    __slots__ = ("keys", "args", "reply", "error", "done", "leads", "_wake")
 
     def __init__(self, keys: Sequence[Any], args: Sequence[Any]):
         self.keys, self.args = keys, args
         self.reply: Any = None
         self.error: BaseException | None = None
-        # A bare lock, held until the reply is in: the cheapest thing a thread can wait on.
-        self._done = threading.Lock()
-        self._done.acquire()
+        self.done = False
+        #: Set when this call's thread is to send the next batch.
+        self.leads = False
+        # A bare lock, held until the reply is in or the call is to lead: the cheapest thing to wait on.
+        self._wake = threading.Lock()
+        self._wake.acquire()
 
     def finish(self, reply: Any) -> None:
         if isinstance(reply, Exception):
             self.error = reply
         else:
             self.reply = reply
-        self._done.release()
+        self.done = True
+        self._wake.release()
+
+    def lead(self) -> None:
+        self.leads = True
+        self._wake.release()
 
     def wait(self, timeout: float) -> bool:
-        return self._done.acquire(timeout=timeout)
+        return self._wake.acquire(timeout=timeout)
 
 
 class BatchedScript:
@@ -65,43 +75,57 @@ class BatchedScript:
         #: Only a guard against a stuck sender: Redis being away is reported by the client's own timeouts.
         self._reply_timeout = reply_timeout
         self._reset()
-        # A forked child (a gunicorn worker) has none of its parent's threads: it starts its own sender.
+        # A forked child (a gunicorn worker) inherits no batch on the wire.
         ref = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: (lambda s: s and s._reset())(ref()))
 
     def __call__(self, keys: Sequence[Any] = (), args: Sequence[Any] = ()) -> Any:
         call = _Call(keys, args)
-        with self._ready:
-            if self._sender is None:
-                self._sender = threading.Thread(target=self._send_forever, name="gpuq-batched-script", daemon=True)
-                self._sender.start()
+        with self._lock:
             self._waiting.append(call)
-            self._ready.notify()
-        if not call.wait(self._reply_timeout):
-            raise RedisTimeoutError(f"no reply from Redis within {self._reply_timeout:g} s")
+            leads = not self._on_the_wire
+            self._on_the_wire = True
+        if leads:
+            call.leads = True
+        while not call.done:
+            if call.leads:
+                call.leads = False
+                self._send_next_batch()  # this call is in it
+                continue
+            if not call.wait(self._reply_timeout):
+                with self._lock:
+                    # Still queued and not handed the wire: leave, so nobody hands it to a thread gone.
+                    # Otherwise its batch is on the wire (or it must send it): see that through.
+                    if call in self._waiting and not call.leads:
+                        self._waiting.remove(call)
+                        raise RedisTimeoutError(f"no reply from Redis within {self._reply_timeout:g} s")
         if call.error is not None:
             # One error object may reach several callers at once: each raises its own copy.
             raise copy.copy(call.error)
         return call.reply
 
     def _reset(self) -> None:
-        self._ready = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()
         self._waiting: list[_Call] = []
-        self._sender: threading.Thread | None = None
+        self._on_the_wire = False
 
-    def _send_forever(self) -> None:
-        while True:
-            with self._ready:
-                while not self._waiting:
-                    self._ready.wait()
-                batch = self._waiting[:self._max_batch]
-                del self._waiting[:self._max_batch]
-            try:
-                replies = self._send(batch)
-            except Exception as error:  # Redis away, or the connection broke: every caller of the batch hears it
-                replies = [error] * len(batch)
-            for call, reply in zip(batch, replies, strict=True):
-                call.finish(reply)
+    def _send_next_batch(self) -> None:
+        with self._lock:
+            batch = self._waiting[:self._max_batch]
+            del self._waiting[:self._max_batch]
+        try:
+            replies = self._send(batch)
+        except Exception as error:  # Redis away, or the connection broke: every caller of the batch hears it
+            replies = [error] * len(batch)
+        finally:
+            # Whatever happened, hand the wire on: to the first call that waits, or to nobody.
+            with self._lock:
+                if self._waiting:
+                    self._waiting[0].lead()
+                else:
+                    self._on_the_wire = False
+        for call, reply in zip(batch, replies, strict=True):
+            call.finish(reply)
 
     def _send(self, batch: list[_Call]) -> list[Any]:
         replies = self._evalsha(batch)
