@@ -16,15 +16,24 @@ from celery import states
 
 from tasks.pipelined import Pipelined
 
-__all__ = ["queue_results"]
+__all__ = ["encode_result", "queue_results"]
 
 
-def queue_results(batch: Pipelined, backend: Any, results: dict[str, Any]) -> None:
-    """Queue ``{job id: result}`` as SUCCESS results of the tasks of those ids."""
-    for job_id, result in results.items():
-        meta = backend._get_result_meta(result=result, state=states.SUCCESS, traceback=None, request=None)
-        meta["task_id"] = job_id
-        key, value = backend.get_key_for_task(job_id), backend.encode(meta)
+def encode_result(backend: Any, job_id: str, result: Any) -> bytes | str:
+    """The result as Celery's backend stores it; raises TypeError or ValueError if it is not JSON.
+
+    Encoding once, here, is also the check that a result can be stored: a large
+    result is not turned into JSON twice.
+    """
+    meta = backend._get_result_meta(result=result, state=states.SUCCESS, traceback=None, request=None)
+    meta["task_id"] = job_id
+    return backend.encode(meta)
+
+
+def queue_results(batch: Pipelined, backend: Any, encoded: dict[str, bytes | str]) -> None:
+    """Queue ``{job id: encoded result}`` (``encode_result``) as SUCCESS results of the tasks of those ids."""
+    for job_id, value in encoded.items():
+        key = backend.get_key_for_task(job_id)
         if backend.expires:
             batch.pipe.setex(key, backend.expires, value)
         else:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
+from kombu.exceptions import EncodeError
 
 from gpu_worker.analyzer import Analyzer, AnalyzerError, Item, OutOfMemory
 from gpu_worker.claims import Claimer
@@ -29,7 +30,7 @@ from gpu_worker.isolation import predict_isolating
 from gpu_worker.job_metrics import observe_ended, record_run_seconds
 from gpu_worker.joblock import JobLock, batch_member, owner_of
 from gpu_worker.progress import ProgressWriter
-from gpu_worker.results import queue_results
+from gpu_worker.results import encode_result, queue_results
 from tasks import logs
 from tasks.app import queue_for
 from tasks.jobs import CANCELED, CANCELING, FAILED, QUEUED, RUNNING, SUCCEEDED, JobRecord, JobStore, parse_transition
@@ -179,12 +180,12 @@ class JobRunner:
         outputs = predict_isolating(analyzer, [item for _, item in ready]) if ready else []
         run_seconds = time.perf_counter() - run_started
 
-        results: dict[str, Any] = {}
+        results: dict[str, bytes | str] = {}  # job id -> result encoded as the backend stores it
         for (claimed, _), output in zip(ready, outputs, strict=True):
             if not isinstance(output, BaseException):
-                try:
-                    json.dumps(output)  # fail here, clearly, rather than in the result backend
-                except (TypeError, ValueError) as error:
+                try:  # fail here, clearly, rather than in the result backend
+                    encoded = encode_result(self.backend, claimed.job_id, output)
+                except (TypeError, ValueError, EncodeError) as error:
                     output = error
             if isinstance(output, BaseException):
                 code, message = _classify(output)
@@ -193,7 +194,7 @@ class JobRunner:
                         log.error("job %s: analyzer %s raised", claimed.job_id, analyzer.name, exc_info=output)
                 endings[claimed.job_id] = _failure(code, message)
                 continue
-            results[claimed.job_id] = output
+            results[claimed.job_id] = encoded
             endings[claimed.job_id] = (SUCCEEDED, {
                 "error": None,
                 "timings": {"queued_ms": round((claimed.started_at - claimed.record.created_at) * 1000, 1),
@@ -252,6 +253,6 @@ def _classify(error: BaseException) -> tuple[str, str]:
         return "timeout", "the job ran past its time limit"
     if isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError":
         return OutOfMemory.code, f"out of memory: {str(error).splitlines()[0] if str(error) else type(error).__name__}"
-    if isinstance(error, (TypeError, ValueError)) and "JSON serializable" in str(error):
+    if isinstance(error, (TypeError, ValueError, EncodeError)) and "JSON serializable" in str(error):
         return "analyzer_error", f"the analyzer returned a result that is not JSON: {error}"
     return "analyzer_error", f"{type(error).__name__}: {error}"

@@ -216,3 +216,19 @@ def test_a_lock_left_by_a_dead_process_is_taken_over(make_runner, submit, store,
     redis_client.set(keys.job_lock(job_id), f"batch-test|{dead}|1")
     runner.run(deliver(redis_client))
     assert store.get(job_id).status == "succeeded" and redis_client.get(keys.job_lock(job_id)) is None
+
+
+class ReturnsNonJson(Batcher):
+    name = "nonjson"
+
+    def predict(self, batch):
+        return [{"value": object()} if item.data.get("odd") else {"ok": True} for item in batch]
+
+
+def test_a_result_that_is_not_json_fails_only_its_job(make_runner, submit, store, redis_client, celery_app):
+    runner = make_runner(ReturnsNonJson)
+    ids = [submit({"odd": False}, "nonjson"), submit({"odd": True}, "nonjson")]
+    runner.run(deliver(redis_client, "nonjson"))
+    assert result_of(celery_app, ids[0]) == {"ok": True}
+    failed = store.get(ids[1])
+    assert failed.status == "failed" and "not JSON" in failed.error["message"]
