@@ -2,9 +2,9 @@
 
 The analyzer class is the one the worker serves (``resolve_analyzers``),
 set up on the same device with the same torch CPU threads (``GPUQ_TORCH_THREADS``),
-fed the ``Item``s the worker would build. Single
-jobs go in batches of the analyzer's ``max_batch_size`` (the most a worker
-may batch); coarse jobs one per call, as a worker runs them.
+fed the ``Item``s the worker would build, in batches of as many jobs as a
+worker may batch: the analyzer's ``max_batch_size``, and no more than the
+benchmark's clients, who never have more jobs waiting than that.
 """
 
 from __future__ import annotations
@@ -32,13 +32,14 @@ class RawResult:
     cpu: dict[str, float] = field(default_factory=dict)
 
 
-def measure_raw(workload: Workload, device: str, seconds: float, warmup: float = 1.0) -> RawResult:
+def measure_raw(workload: Workload, device: str, seconds: float, warmup: float = 1.0, *,
+                clients: int) -> RawResult:
     # The same CPU threads as a worker process gets: like for like.
     limit_torch_threads(Settings.from_env(redis_url="unused").torch_threads)
     [analyzer_class] = resolve_analyzers(workload.analyzer)
     analyzer = analyzer_class()
     analyzer.setup(device)
-    jobs_per_call = analyzer_class.max_batch_size if workload.kind == "single" else 1
+    jobs_per_call = max(1, min(analyzer_class.max_batch_size, clients))
     batch = [workload.item(n) for n in range(jobs_per_call)]
     sync = _synchronizer(device)
     try:

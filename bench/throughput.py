@@ -85,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"workload: {workload.analyzer}, {workload.description}; device {args.device}; "
           f"{args.clients} clients; {args.seconds:g} s per phase after {args.warmup:.3g} s of warm-up", flush=True)
 
-    results.raw = measure_raw(workload, "cuda:0" if args.device == "cuda" else "cpu", args.seconds)
+    results.raw = measure_raw(workload, "cuda:0" if args.device == "cuda" else "cpu", args.seconds,
+                              clients=args.clients)
     print(f"(a) raw model: {results.raw.items_per_s:,.0f} {workload.unit}/s", flush=True)
 
     stack = BenchStack(Path(tempfile.mkdtemp(prefix="gpuq-bench-throughput-")), args.device)
