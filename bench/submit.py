@@ -36,13 +36,11 @@ import struct
 import subprocess
 import sys
 import tempfile
-import time
 import zlib
 from pathlib import Path
 from typing import Any
 
 import redis as redis_lib
-import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -54,7 +52,7 @@ from gpu_worker.decoding import MEDIA_TYPES  # noqa: E402
 from gpuq.redis_server import RedisServer, free_port  # noqa: E402
 from tasks import catalog  # noqa: E402
 from tasks.app import queue_for  # noqa: E402
-from tests.stack import ROOT, Process, base_env  # noqa: E402
+from tests.stack import ROOT, Process, base_env, wait_until_serving  # noqa: E402
 
 #: The submit path's targets (issue 9): ratios to the ceiling, p99 of (b) in ms, worker memory in MB.
 TARGET_B_RATIO = 0.75
@@ -149,18 +147,8 @@ def start_api(redis_url: str, api_key_entry: str, work: Path) -> tuple[Process, 
     process = Process([sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"),
                        "bench.ceiling_app:create_app()"], env, work / "api.log")
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.popen.poll() is not None:
-            raise RuntimeError(f"API exited at start:\n{process.output()}")
-        try:
-            if requests.get(url + "/healthz", timeout=1).status_code == 200:
-                return process, url
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.1)
-    process.stop()
-    raise RuntimeError(f"API did not start:\n{process.output()}")
+    wait_until_serving(process, url)
+    return process, url
 
 
 def worker_pids(master: int) -> list[int]:

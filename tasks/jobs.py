@@ -30,13 +30,14 @@ TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELED})
 _JSON_FIELDS = ("params", "error", "progress", "timings", "provenance")
 _FLOAT_FIELDS = ("created_at", "started_at", "finished_at", "expires_at")
 
-# KEYS: job hash, events channel, running set, webhook outbox. ARGV: allowed statuses (JSON
+# KEYS: job hash, events channel, running set, webhook outbox, input. ARGV: allowed statuses (JSON
 # list), fields to set (JSON object of strings), TTL in seconds (0: leave it),
 # job id. Returns {1, previous status} when written, {0, status} when refused,
 # {} when absent. The running set follows the status, so the janitor can find
 # jobs whose worker died. A job with a webhook gets "id|new status" (empty for
 # a progress write) on the outbox in the same step, so no change, whoever
-# makes it (worker, API cancel, janitor), is missed by its webhook.
+# makes it (worker, API cancel, janitor), is missed by its webhook. A job that
+# ends has no more use for its input: it goes in the same step, and only then.
 _TRANSITION = """
 local current = redis.call('HGET', KEYS[1], 'status')
 if not current then return {} end
@@ -61,6 +62,7 @@ if new == 'running' or new == 'canceling' then
 elseif new then
   redis.call('SREM', KEYS[3], ARGV[4])
 end
+if new == 'succeeded' or new == 'failed' or new == 'canceled' then redis.call('DEL', KEYS[5]) end
 redis.call('PUBLISH', KEYS[2], new or current)
 local hook = redis.call('HGET', KEYS[1], 'webhook')
 if hook and hook ~= '' then redis.call('LPUSH', KEYS[4], ARGV[4] .. '|' .. (new or '')) end
@@ -118,6 +120,13 @@ class JobRecord:
         return cls(**values)
 
 
+def _transition_call(job_id: str, allowed_from: Iterable[str], fields: dict[str, Any], ttl: int
+                     ) -> tuple[list[str], list[Any]]:
+    """(keys, args) of the transition script for one job."""
+    return ([keys.job(job_id), keys.job_events(job_id), keys.RUNNING, keys.WEBHOOK_OUTBOX, keys.job_input(job_id)],
+            [json.dumps(list(allowed_from)), json.dumps(encode_fields(fields)), ttl, job_id])
+
+
 def parse_transition(reply: list) -> tuple[bool, str | None]:
     """(written, status before) from the transition script's reply; status None: the job is absent."""
     if not reply:
@@ -171,11 +180,8 @@ class JobStore:
         """
         if to is not None:
             fields["status"] = to
-        reply = self._transition(
-            keys=[keys.job(job_id), keys.job_events(job_id), keys.RUNNING, keys.WEBHOOK_OUTBOX],
-            args=[json.dumps(list(allowed_from)), json.dumps(encode_fields(fields)), ttl, job_id],
-        )
-        return parse_transition(reply)
+        script_keys, args = _transition_call(job_id, allowed_from, fields, ttl)
+        return parse_transition(self._transition(keys=script_keys, args=args))
 
     def finish(self, job_id: str, status: str, allowed_from: Iterable[str], **fields: Any) -> bool:
         """Move a job to a terminal status; its record then lives out the result TTL."""
@@ -196,20 +202,10 @@ class JobStore:
 
     def queue_finish(self, batch: Pipelined, job_id: str, status: str, allowed_from: Iterable[str],
                      fields: dict[str, Any], *, now: float) -> int:
-        """Queue ``finish`` on ``batch``; read its reply with ``parse_transition``.
-
-        The input is deleted whether or not the record is written: a job whose
-        finish is refused has ended some other way (or is canceling) and needs
-        it no more.
-        """
-        encoded = encode_fields({**fields, "status": status, "finished_at": now,
-                                 "expires_at": now + self.result_ttl})
-        index = batch.script(self._transition,
-                             [keys.job(job_id), keys.job_events(job_id), keys.RUNNING, keys.WEBHOOK_OUTBOX],
-                             [json.dumps(list(allowed_from)), json.dumps(encoded),
-                              self.result_ttl + self.tombstone_ttl, job_id])
-        batch.pipe.delete(keys.job_input(job_id))
-        return index
+        """Queue ``finish`` on ``batch``; read its reply with ``parse_transition``."""
+        return batch.script(self._transition, *_transition_call(
+            job_id, allowed_from, {**fields, "status": status, "finished_at": now, "expires_at": now + self.result_ttl},
+            self.result_ttl + self.tombstone_ttl))
 
     def add_attempt(self, job_id: str) -> int:
         return int(self.redis.hincrby(keys.job(job_id), "attempts", 1))

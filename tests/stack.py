@@ -67,16 +67,23 @@ def start_api(env: dict[str, str], log_dir: Path, workers: int = 2) -> tuple[Pro
     process = Process([sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py")], env,
                       log_dir / f"api-{port}.log")
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
+    wait_until_serving(process, url)
+    return process, url
+
+
+def wait_until_serving(process: Process, url: str, timeout: float = 30) -> None:
+    """Return once the API at ``url`` answers /healthz; stop it and raise if it exits or never does."""
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.popen.poll() is not None:
             raise RuntimeError(f"API exited at start:\n{process.output()}")
         try:
             if requests.get(url + "/healthz", timeout=1).status_code == 200:
-                return process, url
+                return
         except requests.ConnectionError:
             pass
         time.sleep(0.1)
+    process.stop()
     raise RuntimeError(f"API did not start:\n{process.output()}")
 
 
