@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from redis import Redis
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 __all__ = ["BatchedScript"]
@@ -108,6 +108,7 @@ class BatchedScript:
         self._lock = threading.Lock()
         self._waiting: list[_Call] = []
         self._on_the_wire = False
+        self._connection: Any = None  # a parent's connection is the parent's: a child makes its own
 
     def _send_next_batch(self) -> None:
         with self._lock:
@@ -139,7 +140,26 @@ class BatchedScript:
         return replies
 
     def _evalsha(self, batch: list[_Call]) -> list[Any]:
-        pipe = self._redis.pipeline(transaction=False)
-        for call in batch:
-            pipe.evalsha(self._sha, len(call.keys), *call.keys, *call.args)
-        return pipe.execute(raise_on_error=False)
+        """One write and one read: what a pipeline does, without redis-py's ``Pipeline`` bookkeeping
+        (command stack, callbacks, telemetry) or a trip through the connection pool, which together
+        cost more than the exchange itself. Only the thread holding the wire sends, so the connection
+        is this object's own. A broken connection is retried as the client's ``retry`` says, as a
+        pipeline would be."""
+        if self._connection is None:
+            # Taken from the client's pool once and kept (never given back): it carries the client's
+            # address, credentials, timeouts, retry and Sentinel failover as any of its connections.
+            self._connection = self._redis.connection_pool.get_connection()
+        connection = self._connection
+        return connection.retry.call_with_retry(lambda: self._exchange(connection, batch),
+                                                lambda _error: connection.disconnect())
+
+    def _exchange(self, connection: Any, batch: list[_Call]) -> list[Any]:
+        connection.send_packed_command(connection.pack_commands(
+            [("EVALSHA", self._sha, len(call.keys), *call.keys, *call.args) for call in batch]))
+        replies: list[Any] = []
+        for _ in batch:
+            try:
+                replies.append(connection.read_response())
+            except ResponseError as error:  # this call's own error, its reply read in full: read on
+                replies.append(error)
+        return replies

@@ -19,13 +19,13 @@ import base64
 import json
 import os
 import re
-import uuid
 from functools import lru_cache
 from typing import Any
 
 from celery import Celery
 
 from tasks.app import RUN_TASK, task_label
+from tasks.ids import random_uuid
 
 __all__ = ["job_message"]
 
@@ -39,7 +39,7 @@ _PLAIN_ID = re.compile(r"[0-9A-Za-z_.:-]{1,128}")
 
 def job_message(celery_app: Celery, job_id: str, analyzer: str, queue: str) -> str:
     """The JSON that kombu's Redis transport LPUSHes for ``gpuq.run(job_id)`` on ``queue``."""
-    delivery_tag = str(uuid.uuid4())
+    delivery_tag = random_uuid()
     if not _PLAIN_ID.fullmatch(job_id):
         return _build(celery_app, job_id, analyzer, queue, delivery_tag)
     body, envelope = _template(celery_app, analyzer, queue, os.getpid())

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -26,6 +25,7 @@ from tasks import keys
 from tasks import metrics as job_metrics
 from tasks.app import queue_for
 from tasks.batched_script import BatchedScript
+from tasks.ids import random_uuid
 from tasks.jobs import QUEUED, JobRecord, JobStore, encode_fields
 from tasks.publish import job_message
 
@@ -123,6 +123,11 @@ def batched_submit_script(redis: Redis) -> BatchedScript:
     return BatchedScript(redis, _SUBMIT)
 
 
+@lru_cache(maxsize=256)
+def _accepted_field(analyzer: str) -> str:
+    return job_metrics.counter_field(job_metrics.JOBS_ACCEPTED, analyzer)
+
+
 def _fingerprint(analyzer: str, params: dict[str, Any], media_type: str, data: bytes) -> str:
     digest = hashlib.sha256()
     for part in (analyzer.encode(), json.dumps(params, sort_keys=True).encode(), media_type.encode(), data):
@@ -141,7 +146,7 @@ def submit_job(store: JobStore, celery_app: Celery, *, analyzer: str, input_byte
     that submits from many threads; by default it is sent on its own.
     """
     record = JobRecord(
-        id=str(uuid.uuid4()),
+        id=random_uuid(),
         analyzer=analyzer,
         status=QUEUED,
         created_at=time.time(),
@@ -164,7 +169,7 @@ def submit_job(store: JobStore, celery_app: Celery, *, analyzer: str, input_byte
               f"{fingerprint}|{record.id}" if idempotency_key else "", store.queued_record_ttl, record.id,
               tenant_max_queued, repr(record.created_at), keys.job(""),
               repr(record.created_at - store.queued_record_ttl),
-              job_metrics.counter_field(job_metrics.JOBS_ACCEPTED, analyzer)],
+              _accepted_field(analyzer)],
     )
     status, detail = status.decode(), detail.decode()
     if status == "full":
