@@ -1,7 +1,8 @@
 """The fast multipart parser reads a well-formed body as werkzeug does, and declines anything else.
 
-Unit tests of ``api.multipart`` on hand-written bodies, and a property test
-that, on generated well-formed bodies, its fields and files are werkzeug's.
+Unit tests of ``api.multipart`` on hand-written bodies; a property test that,
+on generated well-formed bodies, its fields and files are werkzeug's; and
+tests that ``parse_submission`` falls back to werkzeug where it declines.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import io
 import re
 
 import pytest
+from flask import Flask
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from werkzeug.exceptions import RequestEntityTooLarge
@@ -17,11 +19,16 @@ from werkzeug.http import parse_options_header
 from werkzeug.test import EnvironBuilder
 from werkzeug.wrappers import Request
 
+from api.errors import UnprocessableEntity
+from api.form import form_read_so_far, submitted_form
 from api.multipart import FormData, _name_and_filename, parse_multipart
+from api.validation import parse_submission
 from tasks.media import MEDIA_SIGNATURES
 
 B = "b0undary"
 PNG = MEDIA_SIGNATURES["image/png"][0] + bytes(range(256)) * 4
+SPECS = {"images": {"name": "images", "media_types": ["image/png"], "input_schema": None,
+                    "params_schema": {"type": "object"}, "max_input_bytes": 1 << 20}}
 
 
 def part(disposition: str, content: bytes, *extra_headers: str) -> bytes:
@@ -256,3 +263,82 @@ def test_the_plain_disposition_shortcut_reads_as_parse_options_header(dispositio
     value, options = parse_options_header(disposition)
     expected = (options.get("name"), options.get("filename")) if value.lower() == "form-data" else (None, None)
     assert _name_and_filename(disposition) == expected
+
+
+# --- parse_submission: the fast path, and werkzeug where it declines ----------------------------------
+
+APP = Flask("multipart")
+
+
+def submission_of(data: bytes):
+    with APP.test_request_context("/v1/jobs", method="POST", data=data,
+                                  content_type=f"multipart/form-data; boundary={B}") as ctx:
+        try:
+            outcome = parse_submission(ctx.request, SPECS.get, lambda: sorted(SPECS))
+        except UnprocessableEntity as error:
+            outcome = error
+        return outcome, "form" in ctx.request.__dict__  # werkzeug keeps its parse there
+
+
+def test_a_well_formed_upload_is_read_without_werkzeugs_parser():
+    outcome, werkzeug_parsed = submission_of(GOOD)
+    assert outcome.analyzer == "images" and outcome.input_bytes == PNG and outcome.input_media_type == "image/png"
+    assert not werkzeug_parsed
+
+
+def test_a_bare_lf_body_is_read_by_werkzeug_from_the_body_already_read():
+    data = (b'--b0undary\nContent-Disposition: form-data; name="analyzer"\n\nimages\n'
+            b'--b0undary\nContent-Disposition: form-data; name="file"; filename="a.png"\n\n' + PNG
+            + b"\n--b0undary--\n")
+    assert parse(data) is None
+    werkzeug_form = werkzeug_reads(data)
+    assert werkzeug_form.fields == {"analyzer": "images"} and werkzeug_form.files["file"][0] == "a.png"
+    outcome, werkzeug_parsed = submission_of(data)
+    assert werkzeug_parsed
+    assert (outcome.analyzer, outcome.input_bytes) == ("images", werkzeug_form.files["file"][1]) == ("images", PNG)
+
+
+def test_a_body_werkzeug_cannot_read_either_is_answered_as_before():
+    # werkzeug reads a body cut short as an empty form: so no analyzer.
+    data = GOOD.rsplit(b"--b0undary--", 1)[0]
+    assert werkzeug_reads(data) == FormData({}, {})
+    outcome, werkzeug_parsed = submission_of(data)
+    assert werkzeug_parsed and outcome.field == "analyzer" and outcome.code == "missing_field"
+
+
+def test_an_empty_filename_means_no_file_on_either_path():
+    data = body(field("analyzer", b"images"), file("file", "", b""))
+    for sent in (data, data.replace(b"\r\n", b"\n")):
+        outcome, _ = submission_of(sent)
+        assert outcome.field == "file" and outcome.code == "missing_field"
+
+
+def test_a_body_over_the_form_memory_limit_stays_with_werkzeug():
+    app = Flask("small_forms")
+    app.config["MAX_FORM_MEMORY_SIZE"] = len(GOOD) - 1
+    with app.test_request_context("/v1/jobs", method="POST", data=GOOD,
+                                  content_type=f"multipart/form-data; boundary={B}") as ctx:
+        # The fast parser would have read it; werkzeug refuses its read of more than the limit.
+        with pytest.raises(RequestEntityTooLarge):
+            submitted_form(ctx.request)
+
+
+def test_too_many_parts_are_refused_on_either_path():
+    app = Flask("few_parts")
+    app.config["MAX_FORM_PARTS"] = 2
+    data = body(field("a", b"1"), field("b", b"2"), field("c", b"3"))
+    for sent in (data, data.replace(b"\r\n", b"\n")):
+        with app.test_request_context("/v1/jobs", method="POST", data=sent,
+                                      content_type=f"multipart/form-data; boundary={B}") as ctx:
+            with pytest.raises(RequestEntityTooLarge):
+                submitted_form(ctx.request)
+
+
+def test_the_form_is_read_once_for_the_submission_its_webhook_and_its_count():
+    data = body(field("analyzer", b"images"), field("webhook", b"https://example.com/hook"))
+    with APP.test_request_context("/v1/jobs", method="POST", data=data,
+                                  content_type=f"multipart/form-data; boundary={B}") as ctx:
+        assert form_read_so_far(ctx.request) is None
+        form = submitted_form(ctx.request)
+        assert submitted_form(ctx.request) is form and form_read_so_far(ctx.request) is form
+        assert form.fields == {"analyzer": "images", "webhook": "https://example.com/hook"}
