@@ -16,6 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from api.form import form_read_so_far
 from api.services import Services, services
 from tasks import catalog
 from tasks import metrics as job_metrics
@@ -69,8 +70,8 @@ def _requested_analyzer(svc: Services) -> str:
         name = body.get("analyzer") if isinstance(body, dict) else None
     else:
         # Only a form the view already parsed: reading one refused as too large would raise again.
-        form = request.__dict__.get("form")
-        name = form.get("analyzer") if form is not None else None
+        form = form_read_so_far(request)
+        name = form.fields.get("analyzer") if form is not None else None
     return name if isinstance(name, str) and name in svc.analyzers.all() else ""
 
 

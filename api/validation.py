@@ -18,6 +18,7 @@ from flask import Request
 from jsonschema import Draft202012Validator
 
 from api.errors import BadRequest, PayloadTooLarge, UnprocessableEntity, UnsupportedMediaType
+from api.form import Upload, submitted_form
 from tasks.media import sniff_media_type
 
 __all__ = ["Submission", "parse_submission"]
@@ -41,13 +42,14 @@ SpecLookup = Callable[[str], "dict[str, Any] | None"]
 def parse_submission(request: Request, lookup_spec: SpecLookup, known_names: Callable[[], list[str]]) -> Submission:
     mimetype = request.mimetype
     if mimetype in ("multipart/form-data", "application/x-www-form-urlencoded"):
-        fields = request.form
+        form = submitted_form(request)
+        fields = form.fields
         analyzer = fields.get("analyzer")
         raw_params = fields.get("params")
         params = _json_field(raw_params, "params") if raw_params not in (None, "") else {}
         raw_input = fields.get("input")
         json_input = _json_field(raw_input, "input") if raw_input not in (None, "") else _MISSING
-        upload = request.files.get("file")
+        upload = form.upload
     elif mimetype == JSON_MEDIA_TYPE:
         body = request.get_json(silent=True)
         if body is None:
@@ -103,7 +105,7 @@ def _check_params(params: Any, spec: dict[str, Any]) -> None:
     _validate(params, spec["params_schema"], "params")
 
 
-def _check_upload(upload, spec: dict[str, Any]) -> tuple[bytes, str]:
+def _check_upload(upload: Upload, spec: dict[str, Any]) -> tuple[bytes, str]:
     accepted = spec["media_types"]
     if not accepted:
         raise UnprocessableEntity(f"analyzer {spec['name']!r} takes a JSON input, not a file", field="file")

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 from flask import Request
 
 from api.errors import UnprocessableEntity
+from api.form import submitted_form
 from tasks.settings import Settings
 from tasks.url_safety import UnsafeUrl, check_url
 
@@ -44,7 +45,7 @@ def webhook_from_request(request: Request, settings: Settings) -> str | None:
         body = request.get_json(silent=True)
         url = body.get("webhook") if isinstance(body, dict) else None
     else:
-        url = request.form.get("webhook")
+        url = submitted_form(request).fields.get("webhook")
     if url is None or url == "":
         return None
     if not settings.webhook_secret:
