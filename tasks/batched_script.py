@@ -35,10 +35,10 @@ __all__ = ["BatchedScript"]
 
 
 class _Call:
-    __slots__ = ("keys", "args", "reply", "error", "done", "leads", "_wake")
+    __slots__ = ("keys", "args", "staged", "reply", "error", "done", "leads", "_wake")
 
-    def __init__(self, keys: Sequence[Any], args: Sequence[Any]):
-        self.keys, self.args = keys, args
+    def __init__(self, keys: Sequence[Any], args: Sequence[Any], staged: Sequence[Sequence[Any]]):
+        self.keys, self.args, self.staged = keys, args, staged
         self.reply: Any = None
         self.error: BaseException | None = None
         self.done = False
@@ -79,19 +79,24 @@ class BatchedScript:
         ref = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: (lambda s: s and s._reset())(ref()))
 
-    def __call__(self, keys: Sequence[Any] = (), args: Sequence[Any] = ()) -> Any:
-        call = _Call(keys, args)
+    def __call__(self, keys: Sequence[Any] = (), args: Sequence[Any] = (),
+                 staged: Sequence[Sequence[Any]] = ()) -> Any:
+        """``staged``: commands sent just before this call's script, on the same connection and in the
+        same write, so the script finds what they wrote. A large value is cheaper to Redis as a plain
+        command than as a script argument (about 2.5 times cheaper for 100 KB: Lua copies its arguments).
+        Their replies are read and dropped: the script is to check that what it needs is there."""
+        call = _Call(keys, args, staged)
         with self._lock:
             self._waiting.append(call)
             leads = not self._on_the_wire
             self._on_the_wire = True
         if leads:
-            call.leads = True
+            self._send_next_batch()  # the wire was free: this call is first in the batch, so done after it
         while not call.done:
-            if call.leads:
-                call.leads = False
-                self._send_next_batch()  # this call is in it
-                continue
+            # Every release of a call's lock (handed the wire, or its reply in) finds it held: by its
+            # creation, or by this wait. So ``leads`` is read only after a wait has taken the release
+            # that said so; reading it before would leave that release unconsumed, and the next one
+            # (this call's reply) would fail on an unlocked lock, stranding the rest of its batch.
             if not call.wait(self._reply_timeout):
                 with self._lock:
                     # Still queued and not handed the wire: leave, so nobody hands it to a thread gone.
@@ -99,6 +104,10 @@ class BatchedScript:
                     if call in self._waiting and not call.leads:
                         self._waiting.remove(call)
                         raise RedisTimeoutError(f"no reply from Redis within {self._reply_timeout:g} s")
+                continue
+            if call.leads:
+                call.leads = False
+                self._send_next_batch()  # this call is in it
         if call.error is not None:
             # One error object may reach several callers at once: each raises its own copy.
             raise copy.copy(call.error)
@@ -154,12 +163,21 @@ class BatchedScript:
                                                 lambda _error: connection.disconnect())
 
     def _exchange(self, connection: Any, batch: list[_Call]) -> list[Any]:
-        connection.send_packed_command(connection.pack_commands(
-            [("EVALSHA", self._sha, len(call.keys), *call.keys, *call.args) for call in batch]))
+        commands: list[Sequence[Any]] = []
+        for call in batch:
+            commands.extend(call.staged)
+            commands.append(("EVALSHA", self._sha, len(call.keys), *call.keys, *call.args))
+        connection.send_packed_command(connection.pack_commands(commands))
         replies: list[Any] = []
-        for _ in batch:
-            try:
-                replies.append(connection.read_response())
-            except ResponseError as error:  # this call's own error, its reply read in full: read on
-                replies.append(error)
+        for call in batch:
+            for _ in call.staged:
+                _reply_or_error(connection)
+            replies.append(_reply_or_error(connection))
         return replies
+
+
+def _reply_or_error(connection: Any) -> Any:
+    try:
+        return connection.read_response()
+    except ResponseError as error:  # an error of this command alone, its reply read in full: read on
+        return error

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import sys
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -18,6 +21,7 @@ if ARGV[1] == 'fail' then return redis.error_reply('asked to fail') end
 return ARGV[1]
 """
 _RUNS = "test:batched:runs"
+_STRESS_CALLS = 20000
 
 
 @pytest.fixture
@@ -73,3 +77,53 @@ def test_a_forked_child_sends_with_a_sender_of_its_own(echo, redis_client):
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert int(redis_client.get(_RUNS)) == 2
+
+
+def test_staged_commands_run_just_before_their_call_on_the_same_connection(redis_client):
+    """What a call stages is there when its script runs, whatever batch it travels in."""
+    read_back = BatchedScript(redis_client, "return redis.call('GET', KEYS[1])")
+    with ThreadPoolExecutor(16) as pool:
+        replies = list(pool.map(
+            lambda i: read_back(keys=[f"test:staged:{i}"], args=[],
+                                staged=[("SET", f"test:staged:{i}", f"value-{i}".encode() * 500, "EX", 60)]),
+            range(200)))
+    assert replies == [f"value-{i}".encode() * 500 for i in range(200)]
+    redis_client.delete(*[f"test:staged:{i}" for i in range(200)])
+
+
+def test_a_failing_staged_command_does_not_take_its_call_or_others_with_it(redis_client):
+    read_back = BatchedScript(redis_client, "return redis.call('EXISTS', KEYS[1])")
+    redis_client.set("test:staged:plain", "x")
+    # LPUSH on a string key fails (WRONGTYPE); the script still runs, and finds the key as it is.
+    assert read_back(keys=["test:staged:plain"], staged=[("LPUSH", "test:staged:plain", "y")]) == 1
+    assert read_back(keys=["test:staged:absent"], staged=[("LPUSH", "test:staged:plain", "y")]) == 0
+    redis_client.delete("test:staged:plain")
+
+
+def test_calls_handed_the_wire_at_any_moment_all_get_their_reply(echo, redis_client):
+    """Stress the hand-over: with the interpreter switching threads as often as it can, a call is
+    handed the wire at every point of its way in, before it waits as well as while it waits.
+    Daemon threads, joined with a deadline: a stranded call fails the test instead of hanging it."""
+    replies: dict[int, object] = {}
+
+    def caller(first: int) -> None:
+        for i in range(first, _STRESS_CALLS, 24):
+            try:
+                replies[i] = echo(keys=[_RUNS], args=[f"call-{i}"])
+            except Exception as error:  # noqa: BLE001 - recorded, and the assertion below shows it
+                replies[i] = error
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=caller, args=(n,), daemon=True) for n in range(24)]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 60
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+    finally:
+        sys.setswitchinterval(interval)
+    assert not any(thread.is_alive() for thread in threads), "calls stranded without a reply"
+    assert [replies.get(i) for i in range(_STRESS_CALLS)] == [f"call-{i}".encode() for i in range(_STRESS_CALLS)]
+    assert int(redis_client.get(_RUNS)) == _STRESS_CALLS

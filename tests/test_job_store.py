@@ -10,7 +10,7 @@ import pytest
 from tasks import keys
 from tasks import metrics as job_metrics
 from tasks.jobs import CANCELED, QUEUED, RUNNING, SUCCEEDED, JobStore
-from tasks.submission import IdempotencyConflict, QueueFull, submit_job
+from tasks.submission import STAGE_INPUT_BYTES, IdempotencyConflict, QueueFull, submit_job
 
 
 @pytest.fixture
@@ -61,6 +61,40 @@ def test_idempotency_key_replays_the_same_job(store, celery_app, redis_client, n
     with pytest.raises(IdempotencyConflict):
         submit_job(store, celery_app, analyzer="storetest", input_bytes=b"other",
                    input_media_type="application/json", params={"x": 1}, idempotency_key="order-17")
+
+
+def _inputs(redis_client) -> set[bytes]:
+    return set(redis_client.scan_iter(keys.job_input("*")))
+
+
+def test_a_large_input_is_staged_and_stored_whole(store, celery_app, redis_client):
+    data = bytes(range(256)) * ((STAGE_INPUT_BYTES // 256) + 40)
+    accepted = submit_job(store, celery_app, analyzer="storetest", input_bytes=data,
+                          input_media_type="image/png", params={})
+    assert redis_client.get(keys.job_input(accepted.job_id)) == data
+    assert 0 < redis_client.ttl(keys.job_input(accepted.job_id)) <= 50
+    assert store.get(accepted.job_id).status == QUEUED
+    assert redis_client.llen("gpuq.storetest") == 1
+    redis_client.delete("gpuq.storetest")
+
+
+def test_a_refused_large_input_leaves_nothing_behind(store, celery_app, redis_client, new_job):
+    """The staged SET has already run when the script refuses: the script must take the input back."""
+    big = b"x" * (STAGE_INPUT_BYTES + 1)
+    redis_client.delete("gpuq.storetest")
+    before = _inputs(redis_client)
+    first = submit_job(store, celery_app, analyzer="storetest", input_bytes=big, input_media_type="image/png",
+                       params={}, idempotency_key="upload-1", max_queue_depth=1)
+    inputs = _inputs(redis_client)
+    assert inputs - before == {keys.job_input(first.job_id).encode()}
+    again = submit_job(store, celery_app, analyzer="storetest", input_bytes=big, input_media_type="image/png",
+                       params={}, idempotency_key="upload-1", max_queue_depth=1)
+    assert again.replayed and again.job_id == first.job_id
+    with pytest.raises(QueueFull):
+        submit_job(store, celery_app, analyzer="storetest", input_bytes=big, input_media_type="image/png",
+                   params={}, max_queue_depth=1)
+    assert _inputs(redis_client) == inputs
+    assert redis_client.llen("gpuq.storetest") == 1
 
 
 def test_cancel_wins_over_a_later_start(store, new_job):
