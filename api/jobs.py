@@ -45,7 +45,6 @@ def create_job():
             webhook=webhook,
             tenant=current_tenant(),
             tenant_max_queued=svc.settings.tenant_max_queued,
-            submit_script=svc.submit_script,
         )
     except QueueFull as full:
         raise TooManyRequests(f"{full}; retry later", retry_after=_RETRY_AFTER_FULL, field="analyzer") from None

@@ -12,10 +12,8 @@ from flask import current_app
 from redis import Redis
 
 from tasks import catalog
-from tasks.batched_script import BatchedScript
 from tasks.jobs import JobStore
 from tasks.settings import Settings
-from tasks.submission import batched_submit_script
 
 __all__ = ["AnalyzerCatalog", "Services", "services"]
 
@@ -56,13 +54,10 @@ class Services:
     jobs: JobStore
     analyzers: AnalyzerCatalog = field(init=False)
     queue_limits: dict[str, int] = field(init=False)
-    #: Submits of all this process's threads, sent to Redis together (one round trip for those waiting at once).
-    submit_script: BatchedScript = field(init=False)
 
     def __post_init__(self) -> None:
         self.analyzers = AnalyzerCatalog(self.redis)
         self.queue_limits = self.settings.queue_limit_overrides()
-        self.submit_script = batched_submit_script(self.redis)
 
 
 def services() -> Services:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -32,7 +31,7 @@ from tasks.ids import random_uuid
 from tasks.jobs import QUEUED, JobRecord, JobStore, encode_fields
 from tasks.publish import job_message
 
-__all__ = ["Accepted", "IdempotencyConflict", "QueueFull", "TenantQueueFull", "batched_submit_script", "submit_job"]
+__all__ = ["Accepted", "IdempotencyConflict", "QueueFull", "TenantQueueFull", "submit_job"]
 
 # KEYS: job, input, queue, idempotency key (ignored when ARGV[7] is empty),
 #       the queue's index of queued jobs, the queue's sequence counter,
@@ -133,14 +132,11 @@ class Accepted:
 STAGE_INPUT_BYTES = 8 * 1024
 
 
-def batched_submit_script(redis: Redis) -> BatchedScript:
-    """The submit script for a process whose threads submit at once (the API): see tasks/batched_script.py."""
-    return BatchedScript(redis, _SUBMIT)
-
-
 @lru_cache(maxsize=8)
 def _submit_script(redis: Redis) -> BatchedScript:
-    return batched_submit_script(redis)
+    """One per client, shared by every thread that submits through it: the submits an API process's
+    threads make at the same moment travel together (tasks/batched_script.py)."""
+    return BatchedScript(redis, _SUBMIT)
 
 
 @lru_cache(maxsize=256)
@@ -159,12 +155,8 @@ def _fingerprint(analyzer: str, params: dict[str, Any], media_type: str, data: b
 def submit_job(store: JobStore, celery_app: Celery, *, analyzer: str, input_bytes: bytes,
                input_media_type: str, params: dict[str, Any], max_queue_depth: int = 0,
                idempotency_key: str | None = None, webhook: str | None = None, tenant: str = "default",
-               tenant_max_queued: int = 0, submit_script: Callable[..., Any] | None = None) -> Accepted:
-    """Write the job's record, input and message in one atomic step, or refuse it having written nothing.
-
-    ``submit_script``: what runs the submit script, ``batched_submit_script(redis)`` in a process
-    that submits from many threads (the API shares one among its threads); by default, one kept per client.
-    """
+               tenant_max_queued: int = 0) -> Accepted:
+    """Write the job's record, input and message in one atomic step, or refuse it having written nothing."""
     record = JobRecord(
         id=random_uuid(),
         analyzer=analyzer,
@@ -180,7 +172,7 @@ def submit_job(store: JobStore, celery_app: Celery, *, analyzer: str, input_byte
     fields = {k: v for k, v in record.__dict__.items() if v is not None}
     input_key = keys.job_input(record.id)
     staged = len(input_bytes) > STAGE_INPUT_BYTES
-    status, detail = (submit_script or _submit_script(store.redis))(
+    status, detail = _submit_script(store.redis)(
         # Idempotency keys are the tenant's own: another tenant's same key is another job.
         keys=[keys.job(record.id), input_key, queue,
               keys.idempotency(f"{tenant}:{idempotency_key}" if idempotency_key else ""),
