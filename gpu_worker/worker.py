@@ -39,6 +39,9 @@ EXIT_SETUP_FAILED = 78
 
 app = create_celery()
 _settings = Settings.from_env()
+# Task events for Flower leave in batches a few ms apart, off each job's path (gpu_worker/event_batching.py).
+app.conf.worker_consumer = "gpu_worker.event_batching:EventBatchingConsumer"
+app.conf.gpuq_event_flush_interval = _settings.event_flush_interval
 # Importing the analyzer classes here, in the parent, checks them before any
 # child forks and names the queues to consume (one per analyzer). Importing
 # is fine; only loading a model or touching CUDA belongs to the child.

@@ -90,6 +90,8 @@ class Settings:
     torch_threads: int = 1
     #: ``off`` makes workers run every job alone (one job per ``predict``), for comparison and debugging.
     batching: str = "on"
+    #: Seconds a worker's task event (for Flower) may wait so that later ones share its publish.
+    event_flush_interval: float = 0.02
 
     @property
     def batching_enabled(self) -> bool:
