@@ -22,7 +22,16 @@ Reported: requests/s and p50/p99 latency of each phase (the median of the
 rounds), the ratios b/a and c/a, each API worker's resident memory after the
 load (and its peak), and whether each target of the submit path is met.
 
-    .venv/bin/python bench/submit.py [--duration 10] [--rounds 3] [--connections 32] [--threads 2] [--json]
+``--breakdown`` adds two phases to each round, each half of a submit alone
+(see ``bench/ceiling_app.py``): (p) parsing, validation, record, message and
+answer without Redis; (r) one batched call of an empty Lua script. The load
+keeps the machine's cores busy, so the machine time a request costs is the
+inverse of the requests/s; the bench prints what each half adds to the
+ceiling's cost, what the submit's own writes add (b less the ceiling and
+both halves), and what b/a >= 0.75 allows in all.
+
+    .venv/bin/python bench/submit.py [--duration 10] [--rounds 3] [--connections 32] [--threads 2]
+                                     [--breakdown] [--json] [--check]
 """
 
 from __future__ import annotations
@@ -45,7 +54,7 @@ import redis as redis_lib
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from api.auth import new_key  # noqa: E402
-from bench.ceiling_app import NOOP_PATH  # noqa: E402
+from bench.ceiling_app import NOOP_PATH, PARSE_ONLY_PATH, REDIS_ROUND_TRIP_PATH  # noqa: E402
 from gpu_worker.analyzer import Analyzer  # noqa: E402
 from gpu_worker.analyzers.simulate import SimulateAnalyzer  # noqa: E402
 from gpu_worker.decoding import MEDIA_TYPES  # noqa: E402
@@ -169,7 +178,9 @@ def run_wrk(phase: Phase, url: str, args: argparse.Namespace, script: Path, auth
             duration: float) -> dict[str, Any]:
     env = {**os.environ, "WRK_BODY_FILE": str(phase.body_file), "WRK_CONTENT_TYPE": phase.content_type,
            "WRK_AUTHORIZATION": authorization}
-    command = ["wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{duration:g}s", "--timeout", "10s",
+    # wrk takes whole seconds only ("-d0.5s" is refused): a fraction is rounded up.
+    command = ["wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{max(1, math.ceil(duration))}s",
+               "--timeout", "10s",
                "--latency", "-s", str(script), url + phase.path]
     finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=duration + 60)
     line = next((ln for ln in finished.stdout.splitlines() if ln.startswith("WRK_RESULT ")), None)
@@ -203,6 +214,8 @@ def summarize(phases: list[Phase], memory: dict[int, dict[str, float]], args: ar
     by = out["phases"]
     out["ratio_b_a"] = by["b"]["rps"] / by["a"]["rps"]
     out["ratio_c_a"] = by["c"]["rps"] / by["a"]["rps"]
+    if "p" in by and "r" in by:
+        out["breakdown_us"] = breakdown(by)
     out["workers"] = {str(pid): m for pid, m in memory.items()}
     worst_rss = max(m["rss"] for m in memory.values())
     out["targets"] = {
@@ -214,15 +227,38 @@ def summarize(phases: list[Phase], memory: dict[int, dict[str, float]], args: ar
     return out
 
 
+def breakdown(by: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """Machine time per request, in µs: what each half of a submit and its writes add to the ceiling's."""
+    cost = {label: 1e6 / phase["rps"] for label, phase in by.items()}
+    parse, round_trip = cost["p"] - cost["a"], cost["r"] - cost["a"]
+    return {
+        "ceiling": cost["a"],
+        "parse_validate_render": parse,
+        "redis_round_trip": round_trip,
+        "submit_writes": cost["b"] - cost["a"] - parse - round_trip,
+        "submit_total": cost["b"] - cost["a"],
+        "allowed_by_target": cost["a"] / TARGET_B_RATIO - cost["a"],
+    }
+
+
 def print_table(result: dict[str, Any]) -> None:
     print(f"\n{result['connections']} concurrent connections (wrk, {result['wrk_threads']} threads, keep-alive); "
-          f"{result['rounds']} rounds of {result['duration_s']:g} s, phases interleaved a,b,c per round; "
+          f"{result['rounds']} rounds of {result['duration_s']:g} s, "
+          f"phases interleaved {','.join(result['phases'])} per round; "
           f"each figure is the median of the rounds")
     print(f"{'phase':<52} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}   req/s by round")
     for label, phase in result["phases"].items():
         print(f"({label}) {phase['title']:<48} {phase['rps']:>8.0f} {phase['p50_ms']:>8.2f} {phase['p99_ms']:>8.2f}"
               f"   {', '.join(f'{r:.0f}' for r in phase['rounds_rps'])}")
     print(f"\nb/a = {result['ratio_b_a']:.2f}   c/a = {result['ratio_c_a']:.2f}")
+    if "breakdown_us" in result:
+        us = result["breakdown_us"]
+        print(f"\nmachine time per request (1 / req/s, every core busy): the ceiling {us['ceiling']:.0f} µs; "
+              f"a small submit adds {us['submit_total']:.0f} µs:\n"
+              f"  parse, validate, build, render (p - a)   {us['parse_validate_render']:>6.0f} µs\n"
+              f"  waiting on Redis, empty script (r - a)    {us['redis_round_trip']:>6.0f} µs\n"
+              f"  the submit's writes (the rest of b - a)   {us['submit_writes']:>6.0f} µs\n"
+              f"  b/a >= {TARGET_B_RATIO} allows in all               {us['allowed_by_target']:>6.0f} µs")
     print("API workers' resident memory after the load (peak in brackets): " + ", ".join(
         f"pid {pid} {m['rss']:.1f} MB ({m['peak']:.1f} MB)" for pid, m in result["workers"].items()))
     print("\ntargets:")
@@ -237,6 +273,8 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=32, help="concurrent clients")
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
     parser.add_argument("--warmup", type=float, default=2, help="seconds of unmeasured load per phase first")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="also measure each half of a submit alone: (p) parse only, (r) Redis round trip only")
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is not met")
     args = parser.parse_args()
@@ -259,6 +297,13 @@ def main() -> int:
         Phase("c", f"POST /v1/jobs, {len(upload) // 1024} KB multipart upload", "/v1/jobs", upload, upload_type,
               work, UploadAnalyzer.name),
     ]
+    if args.breakdown:
+        phases[1:1] = [
+            Phase("p", f"parse only: POST {PARSE_ONLY_PATH} (no Redis)", PARSE_ONLY_PATH, small,
+                  "application/json", work, None),
+            Phase("r", f"Redis only: POST {REDIS_ROUND_TRIP_PATH}", REDIS_ROUND_TRIP_PATH, small,
+                  "application/json", work, None),
+        ]
     api_process = None
     failures: list[str] = []
     try:
