@@ -14,6 +14,7 @@ from api.standing import standing
 from api.validation import parse_submission
 from api.waiting import wait_for_terminal
 from api.webhook_url import webhook_from_request
+from tasks import keys
 from tasks.jobs import CANCELED, CANCELING, QUEUED, RUNNING, SUCCEEDED, JobRecord
 from tasks.submission import IdempotencyConflict, QueueFull, TenantQueueFull, submit_job
 
@@ -64,18 +65,28 @@ def create_job():
 def get_job(job_id: str):
     svc = services()
     wait = _wait_seconds(svc.settings.max_wait)
+    backend = svc.celery.backend
+    result_key = backend.get_key_for_task(job_id)
+
+    def read() -> tuple[JobRecord | None, bytes | None]:
+        # The record, then the result, in one round trip: a worker stores a job's result before
+        # its record says succeeded, so a record read as succeeded finds its result. Read through
+        # the API's own fail-fast client, not the backend's retrying one.
+        pipe = svc.redis.pipeline(transaction=False)
+        pipe.hgetall(keys.job(job_id))
+        pipe.get(result_key)
+        raw_record, raw_result = pipe.execute()
+        return (JobRecord.from_hash(raw_record) if raw_record else None), raw_result
+
     if wait > 0:
         visible_job(svc.jobs.get(job_id), job_id)  # another tenant's job answers 404 at once, not after the wait
-        record = wait_for_terminal(svc.redis, svc.jobs, job_id, wait)
+        record, raw_result = wait_for_terminal(svc.redis, read, job_id, wait)
     else:
-        record = svc.jobs.get(job_id)
+        record, raw_result = read()
     record = visible_job(record, job_id)
     result = None
     if record.status == SUCCEEDED:
-        # Read through the API's own fail-fast client, not the backend's retrying one.
-        backend = svc.celery.backend
-        raw = svc.redis.get(backend.get_key_for_task(job_id))
-        meta = backend.decode_result(raw) if raw is not None else {}
+        meta = backend.decode_result(raw_result) if raw_result is not None else {}
         if meta.get("status") != "SUCCESS":
             raise Gone(f"the result of job {job_id} has expired", field="id")
         result = meta.get("result")

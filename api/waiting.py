@@ -1,7 +1,9 @@
 """Long-poll: block until a job reaches a terminal status, or a deadline passes.
 
 Subscribes to the job's event channel before reading the record, so a change
-that lands between the read and the wait is never missed.
+that lands between the read and the wait is never missed. What is read is the
+caller's: the record and, in the same round trip, whatever the answer needs
+with it (a result), so the answer goes out one round trip after the change.
 
 Each serving thread keeps one pub/sub connection and reuses it from one wait
 to the next (subscribe, wait, unsubscribe): redis-py's ``PubSub.close``
@@ -14,30 +16,37 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
 from redis import Redis
 from redis.client import PubSub
 
 from tasks import keys
-from tasks.jobs import JobRecord, JobStore
+from tasks.jobs import JobRecord
 
 __all__ = ["wait_for_terminal"]
 
 _per_thread = threading.local()
 
+Extra = TypeVar("Extra")
 
-def wait_for_terminal(redis: Redis, store: JobStore, job_id: str, timeout: float) -> JobRecord | None:
+
+def wait_for_terminal(redis: Redis, read: Callable[[], tuple[JobRecord | None, Extra]], job_id: str,
+                      timeout: float) -> tuple[JobRecord | None, Extra]:
+    """``read()`` gives the job's record (None if there is none) and what the caller reads with it;
+    returned as soon as the record is terminal or gone, or when ``timeout`` seconds have passed."""
     deadline = time.monotonic() + timeout
     channel = keys.job_events(job_id)
     pubsub = _thread_pubsub(redis)
     try:
         pubsub.subscribe(channel)
         while True:
-            record = store.get(job_id)
+            record, extra = read()
             remaining = deadline - time.monotonic()
             if record is None or record.is_terminal or remaining <= 0:
                 pubsub.unsubscribe(channel)
-                return record
+                return record, extra
             # Any message means the record changed: read it again.
             pubsub.get_message(timeout=min(remaining, 1.0))
     except BaseException:

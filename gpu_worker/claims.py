@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from redis import Redis
 
 from tasks import keys
-from tasks.app import RUN_TASK
+from tasks.app import RUN_TASK, queue_for
 from tasks.jobs import JobRecord, encode_fields
 
 __all__ = ["Claimer", "Gathered", "LeadClaim"]
@@ -61,9 +61,12 @@ end
 """
 
 # KEYS: job, running set, input, webhook outbox, lock, events channel.
-# ARGV: job id, lock owner, lock TTL, most attempts, then the running fields as name, value pairs.
-# Returns {'claimed', record as name, value pairs, input or false}, {'locked', holder},
-# {'exhausted', attempts} (attempt counted, nothing else written), or {status} when not runnable.
+# ARGV: job id, lock owner, lock TTL, most attempts, queue name prefix, then the running fields as
+#       name, value pairs.
+# Returns {'claimed', record as name, value pairs, input or false, messages waiting in the job's
+# analyzer's queue}, {'locked', holder}, {'exhausted', attempts} (attempt counted, nothing else
+# written), or {status} when not runnable. The count spares the runner a round trip to gather
+# from an empty queue (the queue's name is built from ARGV[5]: gpuq runs on one Redis).
 _CLAIM_LEAD = _MARK_RUNNING + """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {'absent'} end
@@ -75,8 +78,9 @@ if attempts > tonumber(ARGV[4]) then
   redis.call('HSET', KEYS[1], 'attempts', attempts)
   return {'exhausted', tostring(attempts)}
 end
-mark_running(ARGV[1], KEYS[1], KEYS[5], KEYS[6], 5)
-return {'claimed', redis.call('HGETALL', KEYS[1]), redis.call('GET', KEYS[3])}
+mark_running(ARGV[1], KEYS[1], KEYS[5], KEYS[6], 6)
+local waiting = redis.call('LLEN', ARGV[5] .. (redis.call('HGET', KEYS[1], 'analyzer') or ''))
+return {'claimed', redis.call('HGETALL', KEYS[1]), redis.call('GET', KEYS[3]), waiting}
 """
 
 # KEYS: queue, running set, queued index, webhook outbox.
@@ -137,6 +141,8 @@ class LeadClaim:
     input: bytes | None = None
     holder: str | None = None
     attempts: int = 0
+    #: Messages waiting in the claimed job's analyzer's queue just after the claim.
+    waiting: int = 0
 
 
 class Claimer:
@@ -150,12 +156,12 @@ class Claimer:
         reply = self._claim_lead(
             keys=[keys.job(job_id), keys.RUNNING, keys.job_input(job_id), keys.WEBHOOK_OUTBOX,
                   keys.job_lock(job_id), keys.job_events(job_id)],
-            args=[job_id, owner, self.lock_ttl, max_attempts, *_pairs(running_fields)])
+            args=[job_id, owner, self.lock_ttl, max_attempts, queue_for(""), *_pairs(running_fields)])
         outcome = reply[0].decode()
         if outcome == "claimed":
             flat = reply[1]
             record = JobRecord.from_hash(dict(zip(flat[::2], flat[1::2], strict=True)))
-            return LeadClaim(outcome, record=record, input=reply[2] or None)
+            return LeadClaim(outcome, record=record, input=reply[2] or None, waiting=int(reply[3]))
         if outcome == "locked":
             return LeadClaim(outcome, holder=reply[1].decode())
         if outcome == "exhausted":

@@ -55,6 +55,8 @@ class _Claimed:
     holder: str
     started_at: float
     input: bytes | None
+    #: Messages waiting behind it in its analyzer's queue when it was claimed (the lead's only).
+    waiting: int = 0
 
     @property
     def job_id(self) -> str:
@@ -117,7 +119,7 @@ class JobRunner:
             if claim.outcome != "claimed":
                 self.lock.release(job_id, owner)
         if claim.outcome == "claimed":
-            return _Claimed(claim.record, owner, started, claim.input)
+            return _Claimed(claim.record, owner, started, claim.input, claim.waiting)
         if claim.outcome == "exhausted":
             self._fail(job_id, "worker_lost",
                        f"the worker running this job was lost {claim.attempts - 1} times; giving up")
@@ -142,6 +144,8 @@ class JobRunner:
         # waited in the queue that long goes with whatever is waiting beside it.
         wait = analyzer.max_wait_ms / 1000
         wait = max(0.0, min(wait, lead.record.created_at + wait - time.time()))
+        if lead.waiting == 0 and wait == 0:
+            return []  # nothing behind it and no time to wait: the lead runs alone, a round trip sooner
         holder, started = batch_member(lead.holder), time.time()
         gathered = self.claimer.gather(queue_for(analyzer.name), analyzer.max_batch_size - 1, owner=holder,
                                        deadline=time.monotonic() + wait,

@@ -90,6 +90,30 @@ def test_waiting_jobs_run_in_one_batch_each_with_its_own_result(make_runner, sub
     assert runner.handled == ids
 
 
+def test_a_lead_with_nothing_behind_it_runs_without_looking_for_more(make_runner, submit, store, redis_client,
+                                                                    celery_app):
+    runner = make_runner()
+    looks = []
+    gather = runner.claimer.gather
+    runner.claimer.gather = lambda *a, **kw: looks.append(1) or gather(*a, **kw)
+    lead = submit({"n": 0})
+    runner.run(deliver(redis_client))
+    assert looks == []  # the claim said the queue was empty: no round trip to gather from it
+    assert store.get(lead).status == "succeeded" and result_of(celery_app, lead) == {"echo": {"n": 0}, "batch": 1}
+    ids = [submit({"n": n}) for n in range(3)]
+    runner.run(deliver(redis_client))
+    assert looks == [1] and batches(redis_client)[-1] == ids
+
+
+def test_the_lead_claim_counts_the_messages_behind_it(make_runner, submit, redis_client):
+    runner = make_runner()
+    ids = [submit({"n": n}) for n in range(3)]
+    lead = deliver(redis_client)
+    claim = runner.claimer.claim_lead(lead, owner="counting", max_attempts=3, running_fields={"status": RUNNING})
+    assert claim.outcome == "claimed" and claim.record.id == ids[0]
+    assert claim.waiting == 2
+
+
 def test_batching_off_runs_the_delivered_job_alone(make_runner, submit, store, redis_client):
     runner = make_runner(batching=False)
     ids = [submit({"n": n}) for n in range(3)]
