@@ -6,7 +6,7 @@
 - ``HostStaging``: page-locked host buffers, reused from pass to pass, so
   inputs reach a CUDA device by asynchronous copies.
 - ``one_ahead``: a pipeline that prepares pass k+1 on the CPU while the device
-  runs pass k.
+  runs pass k, and hands pass k over once k+1 is on its way.
 - ``run_or_out_of_memory``: a CUDA out-of-memory error turned into
   ``OutOfMemory``, with the allocator's cache freed so the worker can go on.
 
@@ -124,21 +124,26 @@ class HostStaging:
 
 def one_ahead(prepared: Iterable[Prepared], launch: Callable[[Prepared], Launched],
               finish: Callable[[Launched], Finished]) -> Iterator[Finished]:
-    """``finish(launch(p))`` for each ``p``, in order, preparing the next ``p`` while the device runs.
+    """``finish(launch(p))`` for each ``p``, in order, the CPU's work overlapping the device's.
 
     ``prepared`` should be lazy (a generator): drawing its next element is the
     CPU's work (decoding, tokenizing). ``launch`` queues the device's work and
     returns at once on CUDA; ``finish`` waits for it (a copy to the CPU). The
-    order is launch k, prepare k+1, finish k, launch k+1: one pass in flight,
-    so device memory holds one pass's activations at a time. On a CPU,
-    ``launch`` does the work itself and this runs sequentially, with the same
-    results in the same order.
+    order is launch k, prepare k+1, finish k, launch k+1, and only then is k
+    handed to the caller: the device runs pass k+1 while the CPU prepares it,
+    and while the caller uses pass k's output (results, progress reports).
+    One pass is in flight at a time, so device memory holds one pass's
+    activations. On a CPU, ``launch`` does the work itself and this runs
+    sequentially, with the same results in the same order.
     """
     in_flight: list[Launched] = []  # at most one
     for item in prepared:
         if in_flight:
-            yield finish(in_flight.pop())
-        in_flight.append(launch(item))
+            done = finish(in_flight.pop())  # its device memory is let go before the next launch
+            in_flight.append(launch(item))
+            yield done
+        else:
+            in_flight.append(launch(item))
     if in_flight:
         yield finish(in_flight.pop())
 

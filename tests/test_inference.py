@@ -54,7 +54,7 @@ def test_no_autocast_is_a_no_op_and_cpu_autocast_changes_the_compute_dtype():
         assert (a @ b).dtype is torch.bfloat16
 
 
-def test_one_ahead_prepares_the_next_pass_before_finishing_the_current_one():
+def test_one_ahead_prepares_the_next_pass_before_finishing_the_current_one_and_hands_it_over_after():
     log: list[str] = []
 
     def prepared():
@@ -70,9 +70,14 @@ def test_one_ahead_prepares_the_next_pass_before_finishing_the_current_one():
         log.append(f"finish {k // 10}")
         return k + 1
 
-    assert list(one_ahead(prepared(), launch, finish)) == [1, 11, 21]
-    assert log == ["prepare 0", "launch 0", "prepare 1", "finish 0", "launch 1",
-                   "prepare 2", "finish 1", "launch 2", "finish 2"]
+    used = []
+    for result in one_ahead(prepared(), launch, finish):
+        log.append(f"use {result}")  # the caller's work on a pass's output (results, progress)
+        used.append(result)
+    assert used == [1, 11, 21]
+    # Pass k is handed over only once pass k+1 is launched: the device runs while the caller works.
+    assert log == ["prepare 0", "launch 0", "prepare 1", "finish 0", "launch 1", "use 1",
+                   "prepare 2", "finish 1", "launch 2", "use 11", "finish 2", "use 21"]
 
 
 def test_one_ahead_of_nothing_and_of_one():
