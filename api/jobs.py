@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from functools import partial
 
 from flask import Blueprint, request
 
@@ -14,7 +15,6 @@ from api.standing import standing
 from api.validation import parse_submission
 from api.waiting import wait_for_terminal
 from api.webhook_url import webhook_from_request
-from tasks import keys
 from tasks.jobs import CANCELED, CANCELING, QUEUED, RUNNING, SUCCEEDED, JobRecord
 from tasks.submission import IdempotencyConflict, QueueFull, TenantQueueFull, submit_job
 
@@ -66,18 +66,10 @@ def get_job(job_id: str):
     svc = services()
     wait = _wait_seconds(svc.settings.max_wait)
     backend = svc.celery.backend
-    result_key = backend.get_key_for_task(job_id)
-
-    def read() -> tuple[JobRecord | None, bytes | None]:
-        # The record, then the result, in one round trip: a worker stores a job's result before
-        # its record says succeeded, so a record read as succeeded finds its result. Read through
-        # the API's own fail-fast client, not the backend's retrying one.
-        pipe = svc.redis.pipeline(transaction=False)
-        pipe.hgetall(keys.job(job_id))
-        pipe.get(result_key)
-        raw_record, raw_result = pipe.execute()
-        return (JobRecord.from_hash(raw_record) if raw_record else None), raw_result
-
+    # The record, then the result, in one round trip: a worker stores a job's result before its
+    # record says succeeded, so a record read as succeeded finds its result. Read through the
+    # API's own fail-fast client (the store's), not the backend's retrying one.
+    read = partial(svc.jobs.get_with, job_id, backend.get_key_for_task(job_id))
     if wait > 0:
         visible_job(svc.jobs.get(job_id), job_id)  # another tenant's job answers 404 at once, not after the wait
         record, raw_result = wait_for_terminal(svc.redis, read, job_id, wait)

@@ -46,7 +46,7 @@ class EventBatchingConsumer(Consumer):
         due = self._flush_due
         if due is not None and now < due + _OVERDUE_S:
             return  # a flush is already on its way and will take this event too
-        delay = self.app.conf.get("gpuq_event_flush_interval") or 0.02
+        delay = self.app.conf.gpuq_event_flush_interval  # set beside worker_consumer (gpu_worker/worker.py)
         self._flush_due = now + delay
         hub.call_later(delay, self._flush_buffered_events)
 

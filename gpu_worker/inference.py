@@ -138,12 +138,9 @@ def one_ahead(prepared: Iterable[Prepared], launch: Callable[[Prepared], Launche
     """
     in_flight: list[Launched] = []  # at most one
     for item in prepared:
-        if in_flight:
-            done = finish(in_flight.pop())  # its device memory is let go before the next launch
-            in_flight.append(launch(item))
-            yield done
-        else:
-            in_flight.append(launch(item))
+        done = [finish(in_flight.pop())] if in_flight else []  # let go of before the next launch
+        in_flight.append(launch(item))
+        yield from done
     if in_flight:
         yield finish(in_flight.pop())
 

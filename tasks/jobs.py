@@ -166,6 +166,14 @@ class JobStore:
         raw = self.redis.hgetall(keys.job(job_id))
         return JobRecord.from_hash(raw) if raw else None
 
+    def get_with(self, job_id: str, key: str) -> tuple[JobRecord | None, bytes | None]:
+        """The record and the value at ``key`` (its result, say) in one round trip, the record read first."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hgetall(keys.job(job_id))
+        pipe.get(key)
+        raw, value = pipe.execute()
+        return (JobRecord.from_hash(raw) if raw else None), value
+
     def read_input(self, job_id: str) -> bytes | None:
         return self.redis.get(keys.job_input(job_id))
 

@@ -42,6 +42,13 @@ def test_submit_writes_record_input_and_message_with_ttls(store, redis_client, n
     assert json.loads(base64.b64decode(message["body"]))[0] == [job_id]
 
 
+def test_get_with_reads_the_record_and_another_key_together(store, new_job):
+    job_id = new_job()
+    record, value = store.get_with(job_id, keys.job_input(job_id))
+    assert record == store.get(job_id) and value == b"input"
+    assert store.get_with("no-such-job", keys.job_input("no-such-job")) == (None, None)
+
+
 def test_queue_depth_limit_refuses_without_writing(store, redis_client, new_job):
     new_job(max_queue_depth=2)
     new_job(max_queue_depth=2)
