@@ -2,9 +2,12 @@
 
 Celery delivers one job (the lead). When the analyzer batches
 (``max_batch_size`` > 1) and batching is on, the runner gathers more jobs of
-that analyzer waiting in its queue (``gpu_worker.batch_gathering``) and runs
-them all in one ``predict``. Each job gets its own result or its own error
+that analyzer waiting in its queue (``gpu_worker.claims``) and runs them all
+in one ``predict``. Each job gets its own result or its own error
 (``gpu_worker.isolation``), and its record says how large its batch was.
+While more of that analyzer's jobs wait, the same task runs on with the next
+batch, for up to ``run_on_seconds``: a batch then follows the last at once,
+not after the task's end and the next delivery went through Celery.
 
 Every way out leaves each job's record terminal or in the hands of the
 janitor: a result is stored before the record says ``succeeded``, and any
@@ -19,6 +22,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
@@ -63,9 +67,18 @@ class _Claimed:
         return self.record.id
 
 
+@dataclass(frozen=True)
+class _BatchEnd:
+    #: The failure ("code: message") of the batch's first job, the lead in the batch Celery delivered.
+    failure: str | None
+    #: Messages waiting in the analyzer's queue once the batch was recorded.
+    waiting: int
+
+
 class JobRunner:
     def __init__(self, store: JobStore, backend: Any, analyzers: dict[str, Analyzer], *,
-                 worker: str, device_label: str, max_attempts: int, lock: JobLock, batching: bool = True):
+                 worker: str, device_label: str, max_attempts: int, lock: JobLock, batching: bool = True,
+                 run_on_seconds: float = 1.0):
         self.store = store
         self.backend = backend
         self.analyzers = analyzers
@@ -74,6 +87,8 @@ class JobRunner:
         self.max_attempts = max_attempts
         self.lock = lock
         self.batching = batching
+        #: How long one Celery task may go on taking batches of its analyzer's waiting jobs.
+        self.run_on_seconds = run_on_seconds
         self.claimer = Claimer(store.redis, lock_ttl=lock.ttl)
         #: The jobs the last ``run`` took on (the lead first), and those of them it observed for
         #: the metrics itself; the runtime records the others from their records.
@@ -82,27 +97,51 @@ class JobRunner:
 
     def run(self, job_id: str) -> None:
         self.handled, self.observed = [job_id], set()
-        owner = owner_of(self.worker)
-        lead = self._claim_lead(job_id, owner)
+        began = time.monotonic()
+        lead = self._claim_lead(job_id, owner_of(self.worker))
         if lead is None:
             return
-        members: list[_Claimed] = []
-        finished = False
+        analyzer = self.analyzers.get(lead.record.analyzer)
+        if analyzer is None:
+            self._settle([lead], partial(self._fail, job_id, "no_analyzer",
+                                         f"this worker does not serve analyzer {lead.record.analyzer!r}"))
+            return
+        batch = [lead, *self._settle([lead], partial(self._gather_members, lead, analyzer))]
+        self.handled += [c.job_id for c in batch[1:]]
+        end = self._settle(batch, partial(self._run_batch, analyzer, batch))
+        if end.failure is not None:
+            raise JobFailed(end.failure)
+        # Run on while this analyzer's jobs wait: the next batch starts here, without the
+        # round trips of handing this task back to Celery and being delivered another.
+        while end.waiting and self._may_run_on(analyzer, lead, began):
+            batch = self._claim_waiting(analyzer, batch_member(lead.holder), wait=0.0)
+            if not batch:
+                return
+            self.handled += [c.job_id for c in batch]
+            end = self._settle(batch, partial(self._run_batch, analyzer, batch))
+
+    def _settle(self, held: list[_Claimed], step):
+        """``step()``; if it raises, the locks of ``held`` are released first.
+
+        A job left unfinished (Redis gone for minutes, say) is then the janitor's
+        to deliver again: running, and nobody holds its lock.
+        """
         try:
-            analyzer = self.analyzers.get(lead.record.analyzer)
-            if analyzer is None:
-                self._fail(job_id, "no_analyzer", f"this worker does not serve analyzer {lead.record.analyzer!r}")
-            members = self._gather_members(lead, analyzer)
-            self.handled += [m.job_id for m in members]
-            failure = self._run_batch(analyzer, [lead, *members])
-            finished = True  # the batch's end released every lock
-            if failure is not None:
-                raise JobFailed(failure)
-        finally:
-            if not finished:
-                # A member left unfinished (Redis gone for minutes, say) is then the
-                # janitor's to deliver again: running, and nobody holds its lock.
-                self.lock.release_many({c.job_id: c.holder for c in (lead, *members)})
+            return step()
+        except BaseException:
+            if held:
+                self.lock.release_many({c.job_id: c.holder for c in held})
+            raise
+
+    def _may_run_on(self, analyzer: Analyzer, lead: _Claimed, began: float) -> bool:
+        """Whether this task may take one more batch of ``analyzer``'s waiting jobs.
+
+        Only a batching analyzer runs on, and only for ``run_on_seconds`` after the
+        task began: Celery then delivers the next job, so the worker's other queues,
+        Flower and a warm shutdown wait no longer than that and one batch.
+        """
+        return (self.batching and analyzer.max_batch_size > 1 and lead.record.attempts == 1
+                and time.monotonic() - began < self.run_on_seconds)
 
     def _claim_lead(self, job_id: str, owner: str) -> _Claimed | None:
         started = time.time()
@@ -146,25 +185,32 @@ class JobRunner:
         wait = max(0.0, min(wait, lead.record.created_at + wait - time.time()))
         if lead.waiting == 0 and wait == 0:
             return []  # nothing behind it and no time to wait: the lead runs alone, a round trip sooner
-        holder, started = batch_member(lead.holder), time.time()
-        gathered = self.claimer.gather(queue_for(analyzer.name), analyzer.max_batch_size - 1, owner=holder,
+        return self._claim_waiting(analyzer, batch_member(lead.holder), wait=wait,
+                                   most=analyzer.max_batch_size - 1)
+
+    def _claim_waiting(self, analyzer: Analyzer, holder: str, *, wait: float, most: int | None = None
+                       ) -> list[_Claimed]:
+        """Up to ``most`` (default ``max_batch_size``) of ``analyzer``'s waiting jobs, claimed
+        for ``holder``, waiting at most ``wait`` seconds for them to come."""
+        started = time.time()
+        gathered = self.claimer.gather(queue_for(analyzer.name), most or analyzer.max_batch_size, owner=holder,
                                        deadline=time.monotonic() + wait,
                                        running_fields=self._running_fields(started))
         if gathered.dropped:
             log.info("dropped the messages of %d jobs no longer queued", len(gathered.dropped))
         if not gathered.job_ids:
             return []
-        members = []
+        claimed = []
         for job_id, (record, data) in zip(gathered.job_ids, self.claimer.read_claimed(gathered.job_ids),
                                           strict=True):
             if record is not None:
-                members.append(_Claimed(record, holder, started, data))
+                claimed.append(_Claimed(record, holder, started, data))
             else:  # expired between the claim and now: nothing to run, nothing to record
                 self.lock.release(job_id, holder)
-        return members
+        return claimed
 
-    def _run_batch(self, analyzer: Analyzer, batch: list[_Claimed]) -> str | None:
-        """Run ``batch`` and record every job's end; returns the lead's failure ("code: message"), if any."""
+    def _run_batch(self, analyzer: Analyzer, batch: list[_Claimed]) -> _BatchEnd:
+        """Run ``batch`` and record every job's end."""
         endings: dict[str, tuple[str, dict[str, Any]]] = {}  # job id -> (status, fields)
         ready: list[tuple[_Claimed, Item]] = []
         for claimed in batch:
@@ -209,10 +255,10 @@ class JobRunner:
         return self._end_batch(analyzer, batch, endings, results, run_seconds, len(ready))
 
     def _end_batch(self, analyzer: Analyzer, batch: list[_Claimed], endings: dict[str, tuple[str, dict[str, Any]]],
-                   results: dict[str, Any], run_seconds: float, ran: int) -> str | None:
+                   results: dict[str, Any], run_seconds: float, ran: int) -> _BatchEnd:
         """Every end write of the batch in one round trip, in the order Redis applies them:
         results, then records (so one that says succeeded always has its result), then
-        metrics, then the locks."""
+        metrics, then the locks; and how many of the analyzer's jobs wait now."""
         writes, now = Pipelined(self.store.redis), time.time()
         queue_results(writes, self.backend, results)
         finishes = {}
@@ -230,16 +276,18 @@ class JobRunner:
             record_run_seconds(writes, self.store.redis, analyzer.name, run_seconds, ran)
         for claimed in batch:
             self.lock.queue_release(writes, claimed.job_id, claimed.holder)
+        writes.pipe.llen(queue_for(analyzer.name))
         replies = writes.execute()
         canceled = [job_id for job_id, index in finishes.items()
                     if parse_transition(replies[index]) == (False, CANCELING)]
         if canceled:  # canceled while the batch ran: the result is discarded
             self.store.finish_many([(job_id, CANCELED, [CANCELING], {}) for job_id in canceled])
-        lead = batch[0].job_id
-        status, fields = endings[lead]
-        if status == FAILED and lead not in canceled:
-            return f"{fields['error']['code']}: {fields['error']['message']}"
-        return None
+        first = batch[0].job_id
+        status, fields = endings[first]
+        failure = None
+        if status == FAILED and first not in canceled:
+            failure = f"{fields['error']['code']}: {fields['error']['message']}"
+        return _BatchEnd(failure=failure, waiting=int(replies[-1]))
 
     def _fail(self, job_id: str, code: str, message: str) -> None:
         self.store.finish(job_id, FAILED, [QUEUED, RUNNING, CANCELING], error={"code": code, "message": message})

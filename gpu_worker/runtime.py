@@ -78,8 +78,12 @@ class WorkerRuntime:
         store = JobStore(redis, result_ttl=settings.result_ttl, tombstone_ttl=settings.tombstone_ttl,
                          input_ttl=settings.input_ttl)
         lock = JobLock(redis, ttl=settings.job_time_limit + 120, local_worker=name)
+        # A task runs on with more batches for a second at most, and never for more than a
+        # twentieth of the time limit, which counts from the task's start: a batch that
+        # runs on keeps nearly all of it.
         runner = JobRunner(store, backend, analyzers, worker=name, device_label=label,
-                           max_attempts=settings.max_attempts, lock=lock, batching=settings.batching_enabled)
+                           max_attempts=settings.max_attempts, lock=lock, batching=settings.batching_enabled,
+                           run_on_seconds=min(1.0, settings.job_time_limit / 20))
         runtime = cls(name=name, settings=settings, redis=redis, device=device, device_label=label,
                       analyzers=analyzers, runner=runner, gpu=GpuProbe.for_worker(device, environ))
         catalog.publish_analyzers(redis, [type(a).spec() for a in analyzers.values()])

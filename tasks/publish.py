@@ -64,7 +64,11 @@ def _build(celery_app: Celery, job_id: str, analyzer: str, queue: str, delivery_
 def _parts(celery_app: Celery, job_id: str, analyzer: str, queue: str,
            delivery_tag: str) -> tuple[str, dict[str, Any]]:
     """Celery's task body (JSON) and kombu's envelope around it (its ``body`` still to be set)."""
-    task = celery_app.amqp.as_task_v2(job_id, RUN_TASK, args=[job_id], kwargs={}, shadow=task_label(analyzer))
+    # ignore_result: the worker stores each job's result itself, with the batch's other
+    # writes. Celery would otherwise store the task's return value too (a round trip
+    # to find the job's result already there): the message's flag overrides the task's.
+    task = celery_app.amqp.as_task_v2(job_id, RUN_TASK, args=[job_id], kwargs={}, shadow=task_label(analyzer),
+                                      ignore_result=True)
     return json.dumps(task.body), {
         "body": None,
         "content-encoding": "utf-8",

@@ -256,3 +256,70 @@ def test_a_result_that_is_not_json_fails_only_its_job(make_runner, submit, store
     assert result_of(celery_app, ids[0]) == {"ok": True}
     failed = store.get(ids[1])
     assert failed.status == "failed" and "not JSON" in failed.error["message"]
+
+
+def test_the_task_runs_on_with_the_next_batches_while_jobs_wait(make_runner, submit, store, redis_client,
+                                                                celery_app):
+    runner = make_runner()  # batches of up to 8
+    ids = [submit({"n": n}) for n in range(20)]
+    runner.run(deliver(redis_client))
+    assert batches(redis_client) == [ids[:8], ids[8:16], ids[16:]]
+    for n, job_id in enumerate(ids):
+        record = store.get(job_id)
+        assert record.status == "succeeded" and record.attempts == 1
+        assert record.timings["batch_size"] == (8 if n < 16 else 4)
+        assert result_of(celery_app, job_id) == {"echo": {"n": n}, "batch": record.timings["batch_size"]}
+        assert redis_client.get(keys.job_lock(job_id)) is None
+    assert runner.handled == ids and runner.observed == set(ids)
+    assert redis_client.llen(queue_for("batcher")) == 0 and not set(ids) & set(store.running_ids())
+
+
+def test_the_task_hands_back_to_celery_once_its_run_on_time_is_spent(make_runner, submit, store, redis_client):
+    runner = make_runner()
+    runner.run_on_seconds = 0.0
+    ids = [submit({"n": n}) for n in range(12)]
+    runner.run(deliver(redis_client))
+    assert batches(redis_client) == [ids[:8]]
+    assert [store.get(i).status for i in ids[8:]] == [QUEUED] * 4
+    assert redis_client.llen(queue_for("batcher")) == 4  # Celery delivers the next lead
+
+
+def test_a_job_with_an_attempt_stops_the_run_on_and_waits_for_celery(make_runner, submit, store, redis_client):
+    runner = make_runner()
+    ids = [submit({"n": n}) for n in range(12)]
+    redis_client.hset(keys.job(ids[9]), "attempts", 1)  # its last run's process died
+    runner.run(deliver(redis_client))
+    assert batches(redis_client) == [ids[:8], ids[8:9]]
+    assert [store.get(i).status for i in ids[9:]] == [QUEUED] * 3
+    assert deliver(redis_client) == ids[9]  # next for Celery, to run alone
+
+
+def test_a_failure_in_a_later_batch_fails_only_its_job_not_the_lead_task(make_runner, submit, store,
+                                                                         redis_client):
+    runner = make_runner()
+    ids = [submit({"n": n}) for n in range(8)] + [submit({"bad": True}), submit({"n": 9})]
+    runner.run(deliver(redis_client))  # no JobFailed: the lead succeeded
+    assert [store.get(i).status for i in ids] == ["succeeded"] * 8 + ["failed", "succeeded"]
+
+
+def test_a_failed_lead_hands_its_failure_to_celery_before_running_on(make_runner, submit, store, redis_client):
+    runner = make_runner()
+    ids = [submit({"bad": True})] + [submit({"n": n}) for n in range(1, 12)]
+    with pytest.raises(JobFailed, match="analyzer_error"):
+        runner.run(deliver(redis_client))
+    assert store.get(ids[0]).status == "failed"
+    assert [store.get(i).status for i in ids[1:8]] == ["succeeded"] * 7
+    assert [store.get(i).status for i in ids[8:]] == [QUEUED] * 4
+
+
+def test_an_analyzer_that_does_not_batch_never_runs_on(make_runner, submit, store, redis_client):
+    runner = make_runner(Alone)
+    ids = [submit({"n": n}, "alone") for n in range(3)]
+    runner.run(deliver(redis_client, "alone"))
+    assert batches(redis_client, "alone") == [ids[:1]]
+    assert [store.get(i).status for i in ids[1:]] == [QUEUED] * 2
+
+
+class Alone(Batcher):
+    name = "alone"
+    max_batch_size = 1

@@ -42,3 +42,15 @@ def test_template_is_per_process(celery_app, monkeypatch):
     monkeypatch.setattr("celery.app.amqp.anon_nodename", lambda: "gen424242@host")
     forked = json.loads(publish.job_message(celery_app, job_id, "digits", "gpuq.digits"))["headers"]["origin"]
     assert here != forked == "gen424242@host"
+
+
+def test_the_message_tells_celery_not_to_store_the_tasks_return_value(celery_app):
+    """The worker stores each job's result itself; Celery's own store would cost the lead a round trip."""
+    from celery.app.task import Context, get_actual_ignore_result
+
+    headers = json.loads(publish.job_message(celery_app, str(uuid.uuid4()), "digits", "gpuq.digits"))["headers"]
+    def stores_results() -> None:
+        pass
+
+    task = celery_app.task(name="test.stores_results", ignore_result=False)(stores_results)
+    assert get_actual_ignore_result(task, Context(headers)) is True
