@@ -30,7 +30,7 @@ _MODEL_SETTINGS = ("GPUQ_TORCH_THREADS", "GPUQ_PRECISION", "GPUQ_EMBED_RANDOM_WE
 
 
 class BenchStack:
-    def __init__(self, directory: Path, device: str):
+    def __init__(self, directory: Path, device: str, worker_env: dict[str, str] | None = None):
         self.directory = directory
         self.device = device
         self.redis_server = RedisServer(directory / "redis").start()
@@ -38,7 +38,9 @@ class BenchStack:
         # cuda: the launcher gives its one worker GPU 0 (CUDA_VISIBLE_DEVICES=0, GPUQ_DEVICE=cuda).
         # The model settings the raw loop read in this process reach the workers too: like for like.
         model_settings = {name: os.environ[name] for name in _MODEL_SETTINGS if name in os.environ}
-        self.env = base_env(self.redis_url, GPUQ_GPUS="0" if device == "cuda" else "none", **model_settings)
+        # worker_env: settings for every worker, gpuq's and the plain Celery baseline (their cores).
+        self.env = base_env(self.redis_url, GPUQ_GPUS="0" if device == "cuda" else "none", **model_settings,
+                            **(worker_env or {}))
         self.redis = redis.Redis.from_url(self.redis_url)
         self.api: Process | None = None
         self.url = ""

@@ -21,7 +21,7 @@ from bench.http_jobs import JobFailure, Outcome, run_job
 from bench.stats import p50_p99
 from bench.workloads import Workload
 
-__all__ = ["LoadResult", "run_load"]
+__all__ = ["LoadResult", "combine_loads", "run_load"]
 
 _ERRORS_PRINTED = 10
 
@@ -41,6 +41,8 @@ class LoadResult:
     errors: list[str] = field(default_factory=list)
     #: Cores each part of the stack used during the window (1.0 = one core).
     cpu: dict[str, float] = field(default_factory=dict)
+    #: Each counted job's latency, POST to result (for ``combine_loads``).
+    latencies_ms: list[float] = field(default_factory=list)
 
 
 def run_load(url: str, workload: Workload, *, clients: int, warmup: float, seconds: float,
@@ -82,12 +84,34 @@ def run_load(url: str, workload: Workload, *, clients: int, warmup: float, secon
     counted = [o for o in outcomes if window_began <= o.finished_at < window_ended]
     window = window_ended - window_began
     items = sum(o.items for o in counted)
-    latency_p50, latency_p99 = p50_p99([o.total_s * 1000 for o in counted])
+    latencies = [o.total_s * 1000 for o in counted]
+    latency_p50, latency_p99 = p50_p99(latencies)
     return LoadResult(items_per_s=items / window, jobs=len(counted), items=items, window_s=window,
                       mean_batch_size=mean_batch_size([o.job for o in counted]),
                       predict_share=predict_seconds([o.job for o in counted]) / window,
                       latency_p50_ms=latency_p50, latency_p99_ms=latency_p99,
-                      errors=errors, cpu=cpu)
+                      errors=errors, cpu=cpu, latencies_ms=latencies)
+
+
+def combine_loads(windows: list[LoadResult]) -> LoadResult:
+    """The windows as one measurement: items over seconds, latencies and cores over all of them."""
+    window = sum(w.window_s for w in windows)
+    jobs = sum(w.jobs for w in windows)
+    items = sum(w.items for w in windows)
+    latencies = [ms for w in windows for ms in w.latencies_ms]
+    latency_p50, latency_p99 = p50_p99(latencies)
+    batched = [w for w in windows if w.mean_batch_size is not None and w.jobs]
+    parts = dict.fromkeys(part for w in windows for part in w.cpu)  # in the order measured
+    return LoadResult(
+        items_per_s=items / window, jobs=jobs, items=items, window_s=window,
+        mean_batch_size=(sum(w.mean_batch_size * w.jobs for w in batched) / sum(w.jobs for w in batched)
+                         if batched else None),
+        predict_share=(sum(w.predict_share * w.window_s for w in windows) / window
+                       if all(w.predict_share is not None for w in windows) else None),
+        latency_p50_ms=latency_p50, latency_p99_ms=latency_p99,
+        errors=[error for w in windows for error in w.errors],
+        cpu={part: sum(w.cpu.get(part, 0.0) * w.window_s for w in windows) / window for part in parts},
+        latencies_ms=latencies)
 
 
 def mean_batch_size(jobs: list[dict]) -> float | None:

@@ -5,6 +5,11 @@ set up on the same device with the same torch CPU threads (``GPUQ_TORCH_THREADS`
 fed the ``Item``s the worker would build, in batches of as many jobs as a
 worker may batch: the analyzer's ``max_batch_size``, and no more than the
 benchmark's clients, who never have more jobs waiting than that.
+
+A shared machine's speed drifts from one second to the next, so the
+benchmark loads the model once (``RawModel``) and measures it in windows
+between the end-to-end windows, while the stack is idle: each end-to-end
+figure is set against the raw windows around it (``combine``).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from gpu_worker.devices import limit_torch_threads
 from gpu_worker.registry import resolve_analyzers
 from tasks.settings import Settings
 
-__all__ = ["RawResult", "measure_raw"]
+__all__ = ["RawModel", "RawResult", "combine"]
 
 
 @dataclass(frozen=True)
@@ -30,34 +35,57 @@ class RawResult:
     calls: int
     #: Cores this process and everything else on the machine used while it measured.
     cpu: dict[str, float] = field(default_factory=dict)
+    #: Seconds measured.
+    elapsed_s: float = 0.0
+    jobs_per_call: int = 1
 
 
-def measure_raw(workload: Workload, device: str, seconds: float, warmup: float = 1.0, *,
-                clients: int) -> RawResult:
-    # The same CPU threads as a worker process gets: like for like.
-    limit_torch_threads(Settings.from_env(redis_url="unused").torch_threads)
-    [analyzer_class] = resolve_analyzers(workload.analyzer)
-    analyzer = analyzer_class()
-    analyzer.setup(device)
-    jobs_per_call = max(1, min(analyzer_class.max_batch_size, clients))
-    batch = [workload.item(n) for n in range(jobs_per_call)]
-    sync = _synchronizer(device)
-    try:
-        _loop(analyzer, batch, warmup, sync)
+class RawModel:
+    """The workload's analyzer, loaded once in this process on ``device``, ready to be measured."""
+
+    def __init__(self, workload: Workload, device: str, *, clients: int):
+        # The same CPU threads as a worker process gets: like for like.
+        limit_torch_threads(Settings.from_env(redis_url="unused").torch_threads)
+        [analyzer_class] = resolve_analyzers(workload.analyzer)
+        self.device = device
+        self.analyzer = analyzer_class()
+        self.analyzer.setup(device)
+        self.jobs_per_call = max(1, min(analyzer_class.max_batch_size, clients))
+        self.items_per_call = self.jobs_per_call * workload.items_per_job
+        self.batch = [workload.item(n) for n in range(self.jobs_per_call)]
+        self._sync = _synchronizer(device)
+        _check(self.analyzer.predict(self.batch), len(self.batch))
+
+    def measure(self, seconds: float, warmup: float = 1.0) -> RawResult:
+        """Items/s of ``predict`` in a tight loop for ``seconds``, after ``warmup`` seconds of it."""
+        _loop(self.analyzer, self.batch, warmup, self._sync)
         meter = CpuMeter()
         meter.start()
-        calls, elapsed = _loop(analyzer, batch, seconds, sync)
+        calls, elapsed = _loop(self.analyzer, self.batch, seconds, self._sync)
         cpu = meter.stop()
-    finally:
-        del analyzer
-        if device.startswith("cuda"):
+        return RawResult(items_per_s=calls * self.items_per_call / elapsed, items_per_call=self.items_per_call,
+                         ms_per_call=elapsed / calls * 1000, ms_per_job=elapsed / (calls * self.jobs_per_call) * 1000,
+                         calls=calls, cpu=cpu, elapsed_s=elapsed, jobs_per_call=self.jobs_per_call)
+
+    def close(self) -> None:
+        del self.analyzer, self.batch
+        if self.device.startswith("cuda"):
             import torch
 
             torch.cuda.empty_cache()  # leave the device's memory to the workers that start next
-    items_per_call = jobs_per_call * workload.items_per_job
-    return RawResult(items_per_s=calls * items_per_call / elapsed, items_per_call=items_per_call,
-                     ms_per_call=elapsed / calls * 1000, ms_per_job=elapsed / (calls * jobs_per_call) * 1000,
-                     calls=calls, cpu=cpu)
+
+
+def combine(windows: list[RawResult]) -> RawResult:
+    """The windows as one measurement: items over seconds, calls and cores over all of them."""
+    elapsed = sum(w.elapsed_s for w in windows)
+    calls = sum(w.calls for w in windows)
+    items = sum(w.items_per_s * w.elapsed_s for w in windows)
+    first = windows[0]
+    parts = dict.fromkeys(part for w in windows for part in w.cpu)  # in the order measured
+    cpu = {part: sum(w.cpu.get(part, 0.0) * w.elapsed_s for w in windows) / elapsed for part in parts}
+    return RawResult(items_per_s=items / elapsed, items_per_call=first.items_per_call,
+                     ms_per_call=elapsed / calls * 1000, ms_per_job=elapsed / (calls * first.jobs_per_call) * 1000,
+                     calls=calls, cpu=cpu, elapsed_s=elapsed, jobs_per_call=first.jobs_per_call)
 
 
 def _loop(analyzer, batch, seconds: float, sync) -> tuple[int, float]:
@@ -66,10 +94,8 @@ def _loop(analyzer, batch, seconds: float, sync) -> tuple[int, float]:
     sync()
     began = time.perf_counter()
     while True:
-        results = analyzer.predict(batch)
+        analyzer.predict(batch)
         calls += 1
-        if calls == 1:
-            _check(results, len(batch))
         sync()
         elapsed = time.perf_counter() - began
         if elapsed >= seconds and calls >= 3:

@@ -7,9 +7,15 @@ For one analyzer on one device it prints:
 (b) end-to-end items/s: N concurrent clients, each posting a job and
     long-polling its result, through the API, Redis and one worker;
 (c) the same with the worker's batching off (``GPUQ_BATCHING=off``);
-then b/a and b/c; the per-job overhead of a no-op job (submit to result,
-p50/p99, one client) against a plain Celery round trip on the same Redis;
-and how many queued no-op jobs one worker drains per second. Items are
+then b/a and b/c. (a) is measured in windows that take turns with those of
+(b) and of (c) (``--rounds``), the stack idle meanwhile, and each of (b) and
+(c) is set against its own raw windows: a shared machine's speed drifts
+within a run, and a ratio of figures taken a minute apart measures the drift.
+Then the per-job overhead of a no-op job (submit to result, p50/p99, one
+client) against a plain Celery round trip on the same Redis; and how many
+queued no-op jobs one worker drains per second. On a CPU the model (the raw
+loop and the workers' model processes) runs on a core of its own, the rest on
+the others (``bench/core_layout.py``; ``--shared-cores`` to share them all). Items are
 images, frames or texts, the same unit in (a), (b) and (c). It ends with
 each of the issue's targets, met or not, or not measurable in this run.
 
@@ -17,7 +23,8 @@ It starts and stops its own Redis (a free port), API and workers, and
 nothing else.
 
     PYTHONPATH=. .venv/bin/python bench/throughput.py [--analyzer digits|embed|noop] [--device cpu|cuda]
-        [--job-kind single|coarse] [--clients 32] [--seconds 20] [--skip-overhead] [--skip-drain]
+        [--job-kind single|coarse] [--clients 32] [--seconds 20] [--rounds 3] [--shared-cores]
+        [--skip-overhead] [--skip-drain]
         [--drain-jobs 5000] [--json results.json]
 """
 
@@ -34,11 +41,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.bench_stack import BenchStack  # noqa: E402
+from bench.core_layout import CoreLayout  # noqa: E402
 from bench.cpu_usage import BENCH_PROCESS  # noqa: E402
 from bench.drain import drain  # noqa: E402
-from bench.load import LoadResult, run_load  # noqa: E402
+from bench.load import LoadResult, combine_loads, run_load  # noqa: E402
 from bench.overhead import interleaved_round_trips  # noqa: E402
-from bench.raw_model import measure_raw  # noqa: E402
+from bench.raw_model import RawModel, RawResult, combine  # noqa: E402
 from bench.throughput_report import Results, as_json, print_report  # noqa: E402
 from bench.workloads import ANALYZERS, JOB_KINDS, Workload, build_workload  # noqa: E402
 
@@ -54,16 +62,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="frames or texts in a coarse job (default 256 frames, 64 texts)")
     parser.add_argument("--clients", type=int, default=32, help="concurrent clients in (b) and (c)")
     parser.add_argument("--seconds", type=float, default=20, help="measuring time of (a), (b) and (c) each")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="windows --seconds is split into: (a) and (b), then (a) and (c), take turns")
     parser.add_argument("--warmup", type=float, default=None,
-                        help="seconds of load before (b) and (c) measure (default: a third of --seconds, 1-5)")
+                        help="seconds of load before (b) and (c) measure (default: a third of --seconds, 1-5); "
+                             "later rounds warm up for at most 1 s")
+    parser.add_argument("--shared-cores", action="store_true",
+                        help="on a CPU, let every part share every core (default: the model gets a core of "
+                             "its own, as it gets a device on a GPU; see bench/core_layout.py)")
     parser.add_argument("--skip-overhead", action="store_true", help="leave out the no-op overhead phase")
     parser.add_argument("--overhead-jobs", type=int, default=300, help="jobs timed in the overhead phase")
     parser.add_argument("--skip-drain", action="store_true", help="leave out the drain phase")
     parser.add_argument("--drain-jobs", type=int, default=5000, help="no-op jobs queued ahead for the drain")
     parser.add_argument("--json", type=Path, default=None, help="also write the results to this file")
     args = parser.parse_args(argv)
-    if args.clients < 1 or args.seconds <= 0 or args.drain_jobs < 1 or args.overhead_jobs < 1:
-        parser.error("--clients, --seconds, --drain-jobs and --overhead-jobs must be positive")
+    if min(args.clients, args.rounds, args.drain_jobs, args.overhead_jobs) < 1 or args.seconds <= 0:
+        parser.error("--clients, --seconds, --rounds, --drain-jobs and --overhead-jobs must be positive")
     if args.warmup is None:
         args.warmup = min(5.0, max(1.0, args.seconds / 3))
     return args
@@ -83,21 +97,29 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     results = Results(workload=workload, device=args.device, clients=args.clients, cores=os.cpu_count() or 0)
     print(f"workload: {workload.analyzer}, {workload.description}; device {args.device}; "
-          f"{args.clients} clients; {args.seconds:g} s per phase after {args.warmup:.3g} s of warm-up", flush=True)
+          f"{args.clients} clients; {args.seconds:g} s per phase in {args.rounds} round(s), "
+          f"after {args.warmup:.3g} s of warm-up", flush=True)
 
-    results.raw = measure_raw(workload, "cuda:0" if args.device == "cuda" else "cpu", args.seconds,
-                              clients=args.clients)
-    print(f"(a) raw model: {results.raw.items_per_s:,.0f} {workload.unit}/s", flush=True)
-
-    stack = BenchStack(Path(tempfile.mkdtemp(prefix="gpuq-bench-throughput-")), args.device)
+    layout = CoreLayout.choose(args.device, shared=args.shared_cores)
+    results.layout = layout.describe()
+    print(f"cores: {results.layout}", flush=True)
+    layout.use_host_cores()  # Redis, the API and the workers' main processes start from here
+    with layout.on_model_cores():
+        raw_model = RawModel(workload, "cuda:0" if args.device == "cuda" else "cpu", clients=args.clients)
+    stack = BenchStack(Path(tempfile.mkdtemp(prefix="gpuq-bench-throughput-")), args.device,
+                       worker_env=layout.worker_env())
     # This process submits drain jobs and Celery baseline tasks itself: both read the broker URL from here.
     os.environ["GPUQ_REDIS_URL"] = stack.redis_url
     try:
         stack.start_api(args.clients)
         print(f"stack: Redis {stack.redis_url}, API {stack.url} ({stack.api_shape}); logs in {stack.directory}",
               flush=True)
-        results.batching_on = _load_phase(stack, workload, args, batching=True)
-        results.batching_off = _load_phase(stack, workload, args, batching=False)
+        results.raw_beside_on, results.batching_on, results.round_ratios_on = _load_phase(
+            stack, raw_model, layout, workload, args, batching=True)
+        results.raw_beside_off, results.batching_off, results.round_ratios_off = _load_phase(
+            stack, raw_model, layout, workload, args, batching=False)
+        results.raw = combine([results.raw_beside_on, results.raw_beside_off])
+        raw_model.close()
         if not args.skip_overhead:
             _overhead_phase(stack, results, args)
         if not args.skip_drain:
@@ -119,20 +141,36 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if results.errors() else 0
 
 
-def _load_phase(stack: BenchStack, workload: Workload, args: argparse.Namespace, *, batching: bool) -> LoadResult:
-    label = f"({'b' if batching else 'c'}) end to end, batching {'on' if batching else 'off'}"
+def _load_phase(stack: BenchStack, raw_model: RawModel, layout: CoreLayout, workload: Workload,
+                args: argparse.Namespace, *, batching: bool) -> tuple[RawResult, LoadResult, list[float]]:
+    """(b) or (c) in ``args.rounds`` windows, each after a window of (a): both combined, and b/a of each round."""
+    name = "b" if batching else "c"
+    label = f"({name}) end to end, batching {'on' if batching else 'off'}"
+    window = args.seconds / args.rounds
+    raws: list[RawResult] = []
+    loads: list[LoadResult] = []
     workers = stack.start_workers(workload.analyzer, batching=batching)
     try:
-        result = run_load(stack.url, workload, clients=args.clients, warmup=args.warmup, seconds=args.seconds,
-                          meter=stack.cpu_meter(workers))
+        for round_number in range(args.rounds):
+            # The worker waits idle on an empty queue meanwhile: the raw loop has the device to itself.
+            with layout.on_model_cores():
+                raws.append(raw_model.measure(window, warmup=min(1.0, window / 3)))
+            warmup = args.warmup if round_number == 0 else min(1.0, args.warmup)
+            loads.append(run_load(stack.url, workload, clients=args.clients, warmup=warmup, seconds=window,
+                                  meter=stack.cpu_meter(workers)))
+            print(f"  round {round_number + 1}: (a) {raws[-1].items_per_s:,.0f}, ({name}) "
+                  f"{loads[-1].items_per_s:,.0f} {workload.unit}/s", flush=True)
     finally:
         stack.stop(workers)
-    print(f"{label}: {result.items_per_s:,.0f} {workload.unit}/s", flush=True)
+    raw, result = combine(raws), combine_loads(loads)
+    ratios = [load.items_per_s / r.items_per_s for r, load in zip(raws, loads, strict=True)]
+    print(f"{label}: {result.items_per_s:,.0f} {workload.unit}/s, against (a) {raw.items_per_s:,.0f} beside it",
+          flush=True)
     busy_clients = result.cpu.get(BENCH_PROCESS, 0.0)
     if busy_clients > 0.7:
         print(f"  note: the clients used {busy_clients:.2f} cores; on this machine they may limit the figure",
               flush=True)
-    return result
+    return raw, result, ratios
 
 
 def _overhead_phase(stack: BenchStack, results: Results, args: argparse.Namespace) -> None:

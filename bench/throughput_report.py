@@ -30,19 +30,36 @@ class Results:
     device: str
     clients: int
     cores: int
+    #: Which cores the model and the rest of the stack ran on (``bench.core_layout``).
+    layout: str = ""
+    #: (a) over all its windows, and over those that took turns with (b) and with (c).
     raw: RawResult | None = None
+    raw_beside_on: RawResult | None = None
+    raw_beside_off: RawResult | None = None
     batching_on: LoadResult | None = None
     batching_off: LoadResult | None = None
+    #: Each round's end-to-end over raw, (b) and (c).
+    round_ratios_on: list[float] = field(default_factory=list)
+    round_ratios_off: list[float] = field(default_factory=list)
     overhead: GpuqOverhead | None = None
     celery: Latencies | None = None
     drains: list[DrainResult] = field(default_factory=list)
 
     @property
     def e2e_over_raw(self) -> float | None:
-        return _ratio(self.batching_on and self.batching_on.items_per_s, self.raw and self.raw.items_per_s)
+        """(b) over the raw windows that took turns with it."""
+        raw = self.raw_beside_on or self.raw
+        return _ratio(self.batching_on and self.batching_on.items_per_s, raw and raw.items_per_s)
 
     @property
     def batching_gain(self) -> float | None:
+        """(b) over (c), each first set against the raw windows beside it (when it had its own)."""
+        on = _ratio(self.batching_on and self.batching_on.items_per_s,
+                    self.raw_beside_on and self.raw_beside_on.items_per_s)
+        off = _ratio(self.batching_off and self.batching_off.items_per_s,
+                     self.raw_beside_off and self.raw_beside_off.items_per_s)
+        if on is not None and off is not None:
+            return on / off
         return _ratio(self.batching_on and self.batching_on.items_per_s,
                       self.batching_off and self.batching_off.items_per_s)
 
@@ -104,7 +121,8 @@ def verdicts(results: Results) -> list[Verdict]:
         note = (f"jobs hold {results.raw.ms_per_job:.1f} ms of model time, under the {COARSE_MS:g} ms "
                 "of a coarse job: raise --items-per-job")
     elif ratio is not None:
-        note = f"{results.raw.ms_per_job:.1f} ms of model time per job"
+        note = f"{results.raw.ms_per_job:.1f} ms of model time per job" + (
+            f"; {results.layout}" if results.layout and results.device == "cpu" else "")
     out.append(Verdict("end-to-end / raw, coarse jobs >= 0.9", _figure(ratio), state, note))
 
     ratio = results.e2e_over_raw if has_model and single else None
@@ -142,7 +160,7 @@ def print_report(results: Results) -> None:
     print("=" * 100)
     print(f"gpuq throughput: analyzer {results.workload.analyzer}, device {results.device}, "
           f"job kind {results.workload.kind} ({results.workload.description}), {results.clients} clients, "
-          f"{results.cores} cores")
+          f"{results.cores} cores" + (f"; {results.layout}" if results.layout else ""))
     print("=" * 100)
     label_width = max(len(label) for label, _, _ in rows)
     figure_width = max(len(figure) for _, figure, _ in rows)
@@ -176,9 +194,13 @@ def _rows(results: Results) -> list[tuple[str, str, list[str]]]:
     rows: list[tuple[str, str, list[str]]] = []
     if results.raw:
         r = results.raw
-        rows.append(("(a) raw model, in-process", f"{r.items_per_s:,.0f} {unit}/s",
-                     [f"{r.items_per_call} {unit} per predict call, {r.ms_per_call:.2f} ms per call, "
-                      f"{r.ms_per_job:.3f} ms per job", _cores(r.cpu)]))
+        details = [f"{r.items_per_call} {unit} per predict call, {r.ms_per_call:.2f} ms per call, "
+                   f"{r.ms_per_job:.3f} ms per job", _cores(r.cpu)]
+        beside = [f"{label} {raw.items_per_s:,.0f}" for label, raw in
+                  (("beside (b)", results.raw_beside_on), ("beside (c)", results.raw_beside_off)) if raw]
+        if beside:
+            details.append(f"in windows taking turns with (b) and (c): {', '.join(beside)} {unit}/s")
+        rows.append(("(a) raw model, in-process", f"{r.items_per_s:,.0f} {unit}/s", details))
     for label, load in (("(b) end to end, batching on", results.batching_on),
                         ("(c) end to end, batching off", results.batching_off)):
         if load:
@@ -188,8 +210,12 @@ def _rows(results: Results) -> list[tuple[str, str, list[str]]]:
                           f"worker in predict {_percent(load.predict_share)}, "
                           f"job latency p50 {load.latency_p50_ms:.1f} ms, p99 {load.latency_p99_ms:.1f} ms",
                           _cores(load.cpu)]))
-    rows.append(("b/a", _figure(results.e2e_over_raw), ["end to end over the raw model"]))
-    rows.append(("b/c", _figure(results.batching_gain), ["batching on over batching off"]))
+    rows.append(("b/a", _figure(results.e2e_over_raw),
+                 ["end to end over the raw model" + _rounds(results.round_ratios_on)]))
+    normalised = results.raw_beside_on is not None and results.raw_beside_off is not None
+    rows.append(("b/c", _figure(results.batching_gain),
+                 ["batching on over batching off" + (", each over the raw windows beside it" if normalised else "")
+                  + _rounds(results.round_ratios_off, "c/a")]))
     if results.overhead:
         o = results.overhead
         rows.append(("no-op job, POST to result read", _p50_p99(o.total),
@@ -208,6 +234,12 @@ def _rows(results: Results) -> list[tuple[str, str, list[str]]]:
     return rows
 
 
+def _rounds(ratios: list[float], name: str = "") -> str:
+    if len(ratios) < 2:
+        return ""
+    return f"; {name + ' ' if name else ''}per round {', '.join(f'{r:.3g}' for r in ratios)}"
+
+
 def _cores(cpu: dict[str, float]) -> str:
     return "cores busy: " + ", ".join(f"{part} {used:.2f}" for part, used in cpu.items())
 
@@ -219,6 +251,9 @@ def _p50_p99(latencies: Latencies) -> str:
 def as_json(results: Results) -> dict[str, Any]:
     data = asdict(results)
     data["workload"] = {k: v for k, v in data["workload"].items() if k != "inputs"}
+    for phase in ("batching_on", "batching_off"):
+        if data[phase]:
+            data[phase].pop("latencies_ms")  # every job's: the percentiles beside them say it
     data["ratios"] = {"e2e_over_raw": results.e2e_over_raw, "batching_on_over_off": results.batching_gain,
                       "overhead_p50_over_celery": results.overhead_ratio}
     data["targets"] = [asdict(v) for v in verdicts(results)]

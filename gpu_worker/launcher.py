@@ -6,7 +6,8 @@ concurrency 1), restarts a worker that dies with a growing delay, and on
 SIGTERM or SIGINT asks every worker for a warm shutdown (running jobs finish)
 before it kills what is left after the grace period. With no GPU it starts
 ``GPUQ_CPU_WORKERS`` CPU workers (default 1). ``GPUQ_ROUTES`` may give
-workers analyzers of their own (``gpu_worker.routing``).
+workers analyzers of their own (``gpu_worker.routing``), ``GPUQ_WORKER_CPUS``
+cores of their own (``gpu_worker.cpu_affinity``).
 
 A worker that exits before its models were ever loaded (no ready file) failed
 its set-up; after a few such failures in a row its slot is given up, and the
@@ -27,6 +28,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gpu_worker.cpu_affinity import VARIABLE as CORES_VARIABLE
+from gpu_worker.cpu_affinity import worker_core_lists
 from gpu_worker.devices import discover_gpus
 from gpu_worker.registry import DEFAULT_ANALYZERS
 from gpu_worker.routing import route_analyzers
@@ -72,6 +75,10 @@ def plan_slots(environ: dict[str, str], state_dir: Path) -> list[Slot]:
     for name, extra in specs:
         if (key := name.split("@")[0]) in routes:
             extra["GPUQ_ANALYZERS"] = routes[key]
+    # Each worker's pool child gets its own entry of GPUQ_WORKER_CPUS (or the one shared list).
+    for (_, extra), cores in zip(specs, worker_core_lists(environ.get(CORES_VARIABLE, ""), len(specs)), strict=True):
+        if cores is not None:
+            extra[CORES_VARIABLE] = cores
     slots = []
     for name, extra in specs:
         ready = state_dir / f"{name.split('@')[0]}.ready"
@@ -187,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     state_dir.mkdir(parents=True, exist_ok=True)
     try:
         slots = plan_slots(env, state_dir)
-    except SettingsError as error:  # a bad route: stop before any worker starts
+    except SettingsError as error:  # a bad route or core list: stop before any worker starts
         raise SystemExit(f"gpuq worker: {error}") from None
     for slot in slots:
         log.info("worker %s serves %s", slot.name, slot.env.get("GPUQ_ANALYZERS", DEFAULT_ANALYZERS))

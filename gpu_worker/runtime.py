@@ -21,6 +21,8 @@ from redis.retry import Retry
 
 from gpu_worker import registry
 from gpu_worker.analyzer import Analyzer
+from gpu_worker.cpu_affinity import VARIABLE as CORES_VARIABLE
+from gpu_worker.cpu_affinity import pin_to_cores
 from gpu_worker.devices import describe_device, limit_torch_threads
 from gpu_worker.job_metrics import record_finished_jobs
 from gpu_worker.joblock import JobLock
@@ -64,6 +66,10 @@ class WorkerRuntime:
     @classmethod
     def start(cls, *, name: str, settings: Settings, backend: Any, analyzer_classes: list[type[Analyzer]],
               environ: dict[str, str]) -> WorkerRuntime:
+        # Cores first: the threads torch and the analyzers start inherit them.
+        cores = pin_to_cores(environ.get(CORES_VARIABLE))
+        if cores is not None:
+            log.info("%s: model process pinned to cores %s", name, ",".join(str(c) for c in sorted(cores)))
         limit_torch_threads(settings.torch_threads)
         device, label = describe_device(environ.get("GPUQ_DEVICE", "cpu"))
         analyzers: dict[str, Analyzer] = {}

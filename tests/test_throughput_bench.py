@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from bench.load import LoadResult
-from bench.raw_model import RawResult
+from bench.core_layout import CoreLayout
+from bench.load import LoadResult, combine_loads
+from bench.raw_model import RawResult, combine
 from bench.stats import percentile
 from bench.throughput_report import MET, NOT_MEASURED, NOT_MET, Results, verdicts
 from bench.workloads import build_workload
@@ -65,20 +66,79 @@ def test_coarse_ratio_is_judged_only_for_jobs_with_enough_model_time():
     assert {v.target: v for v in verdicts(results)}["end-to-end / raw, coarse jobs >= 0.9"].state == NOT_MET
 
 
+def test_raw_windows_combine_into_items_over_seconds():
+    windows = [RawResult(items_per_s=1000.0, items_per_call=64, ms_per_call=64.0, ms_per_job=64.0, calls=15,
+                         cpu={"bench process": 1.0}, elapsed_s=1.0, jobs_per_call=1),
+               RawResult(items_per_s=2000.0, items_per_call=64, ms_per_call=32.0, ms_per_job=32.0, calls=94,
+                         cpu={"bench process": 0.6}, elapsed_s=3.0, jobs_per_call=1)]
+    both = combine(windows)
+    assert both.items_per_s == pytest.approx(1750.0) and both.calls == 109 and both.elapsed_s == 4.0
+    assert both.ms_per_call == pytest.approx(4000 / 109) and both.cpu["bench process"] == pytest.approx(0.7)
+
+
+def test_load_windows_combine_their_jobs_latencies_and_shares():
+    first = LoadResult(items_per_s=10.0, jobs=10, items=10, window_s=1.0, mean_batch_size=2.0, predict_share=0.5,
+                       latency_p50_ms=1.0, latency_p99_ms=1.0, errors=["one"], cpu={"redis": 0.2},
+                       latencies_ms=[1.0] * 10)
+    second = LoadResult(items_per_s=30.0, jobs=30, items=30, window_s=1.0, mean_batch_size=4.0, predict_share=0.9,
+                        latency_p50_ms=5.0, latency_p99_ms=9.0, cpu={"redis": 0.4},
+                        latencies_ms=[5.0] * 29 + [9.0])
+    both = combine_loads([first, second])
+    assert both.items_per_s == 20.0 and both.jobs == 40 and both.mean_batch_size == pytest.approx(3.5)
+    assert both.predict_share == pytest.approx(0.7) and both.cpu["redis"] == pytest.approx(0.3)
+    assert both.latency_p50_ms == 5.0 and both.latency_p99_ms == 9.0 and both.errors == ["one"]
+
+
+def test_batching_gain_sets_each_phase_against_the_raw_windows_beside_it():
+    results = _results("single", "cuda")
+    results.raw_beside_on = RawResult(items_per_s=1000.0, items_per_call=64, ms_per_call=64.0, ms_per_job=1.0,
+                                      calls=10)
+    results.raw_beside_off = RawResult(items_per_s=500.0, items_per_call=64, ms_per_call=128.0, ms_per_job=2.0,
+                                       calls=10)
+    results.batching_on, results.batching_off = _load(900.0), _load(150.0)
+    # The machine ran at half speed during (c): 900/150 would say 6, the drift included.
+    assert results.batching_gain == pytest.approx(3.0)
+    assert results.e2e_over_raw == pytest.approx(0.9)
+
+
+def test_a_cpu_run_gives_the_model_a_core_of_its_own_unless_told_to_share():
+    cores = sorted(os.sched_getaffinity(0))
+    layout = CoreLayout.choose("cpu", shared=False)
+    if len(cores) < 2:
+        assert not layout.reserved
+        return
+    assert layout.model == {cores[0]} and layout.host == set(cores[1:])
+    assert layout.worker_env() == {"GPUQ_WORKER_CPUS": str(cores[0])}
+    assert "model on core" in layout.describe()
+    for shared in (CoreLayout.choose("cpu", shared=True), CoreLayout.choose("cuda", shared=False)):
+        assert not shared.reserved and shared.worker_env() == {}
+    before = os.sched_getaffinity(0)
+    try:
+        layout.use_host_cores()
+        with layout.on_model_cores():
+            assert os.sched_getaffinity(0) == {cores[0]}
+        assert os.sched_getaffinity(0) == set(cores[1:])
+    finally:
+        os.sched_setaffinity(0, before)
+
+
 @pytest.mark.slow
 def test_a_short_noop_run_measures_every_phase_and_cleans_up(tmp_path):
     out = tmp_path / "results.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith("GPUQ_")}
     env["PYTHONPATH"] = str(ROOT)
     run = subprocess.run(
-        [sys.executable, "bench/throughput.py", "--analyzer", "noop", "--seconds", "1", "--warmup", "0.5",
-         "--clients", "2", "--overhead-jobs", "20", "--drain-jobs", "50", "--json", str(out)],
+        [sys.executable, "bench/throughput.py", "--analyzer", "noop", "--seconds", "2", "--rounds", "2",
+         "--warmup", "0.5", "--clients", "2", "--overhead-jobs", "20", "--drain-jobs", "50", "--json", str(out)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "targets:" in run.stdout
     data = json.loads(out.read_text())
     assert data["errors"] == []
     assert data["batching_on"]["jobs"] > 0 and data["batching_off"]["jobs"] > 0
+    assert len(data["round_ratios_on"]) == len(data["round_ratios_off"]) == 2
+    assert data["raw_beside_on"]["calls"] > 0 and data["raw_beside_off"]["calls"] > 0
+    assert ("model on core" in data["layout"]) == (len(os.sched_getaffinity(0)) >= 2)
     assert data["overhead"]["jobs"] == 20 and data["celery"]["p50"] > 0
     assert [(d["batching"], d["succeeded"]) for d in data["drains"]] == [(True, 50), (False, 50)]
     assert len(data["targets"]) == 5
