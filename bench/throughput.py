@@ -159,7 +159,8 @@ def _load_phase(stack: BenchStack, raw_model: RawModel, layout: CoreLayout, work
             loads.append(run_load(stack.url, workload, clients=args.clients, warmup=warmup, seconds=window,
                                   meter=stack.cpu_meter(workers)))
             print(f"  round {round_number + 1}: (a) {raws[-1].items_per_s:,.0f}, ({name}) "
-                  f"{loads[-1].items_per_s:,.0f} {workload.unit}/s", flush=True)
+                  f"{loads[-1].items_per_s:,.0f} {workload.unit}/s, worker in predict "
+                  f"{loads[-1].predict_share:.0%}, cores busy: {_busiest(loads[-1].cpu)}", flush=True)
     finally:
         stack.stop(workers)
     raw, result = combine(raws), combine_loads(loads)
@@ -171,6 +172,10 @@ def _load_phase(stack: BenchStack, raw_model: RawModel, layout: CoreLayout, work
         print(f"  note: the clients used {busy_clients:.2f} cores; on this machine they may limit the figure",
               flush=True)
     return raw, result, ratios
+
+
+def _busiest(cpu: dict[str, float]) -> str:
+    return ", ".join(f"{part.split(' ')[0]} {used:.2f}" for part, used in cpu.items())
 
 
 def _overhead_phase(stack: BenchStack, results: Results, args: argparse.Namespace) -> None:

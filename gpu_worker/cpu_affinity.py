@@ -12,7 +12,8 @@ of the launcher, or one list per worker separated by ``;`` in the launcher's
 order (GPU order, or ``cpu0``, ``cpu1``...): ``0-15;16-31``. Only the pool
 child is pinned, in ``worker_process_init`` before it loads a model, so the
 threads torch starts inherit the cores; the Celery main process keeps the
-cores it was given.
+cores it was given, and so does the child's thread that records ended
+batches (``gpu_worker.runner``): that is the service's work, not the model's.
 """
 
 from __future__ import annotations

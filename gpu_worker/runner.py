@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -67,6 +69,25 @@ class _Claimed:
         return self.record.id
 
 
+@dataclass
+class _Ran:
+    """A batch's ``predict``: its items with their outputs (results or errors), in order."""
+
+    ready: list[tuple[_Claimed, Item]] = field(default_factory=list)
+    outputs: list[Any] = field(default_factory=list)
+    seconds: float = 0.0
+    #: Ends known without running (an expired input): job id -> (status, fields).
+    endings: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Recording:
+    """A batch whose end the recorder thread is writing."""
+
+    batch: list[_Claimed]
+    future: Future
+
+
 @dataclass(frozen=True)
 class _BatchEnd:
     #: The failure ("code: message") of the batch's first job, the lead in the batch Celery delivered.
@@ -78,7 +99,7 @@ class _BatchEnd:
 class JobRunner:
     def __init__(self, store: JobStore, backend: Any, analyzers: dict[str, Analyzer], *,
                  worker: str, device_label: str, max_attempts: int, lock: JobLock, batching: bool = True,
-                 run_on_seconds: float = 1.0):
+                 run_on_seconds: float = 1.0, host_cores: set[int] | None = None):
         self.store = store
         self.backend = backend
         self.analyzers = analyzers
@@ -89,6 +110,9 @@ class JobRunner:
         self.batching = batching
         #: How long one Celery task may go on taking batches of its analyzer's waiting jobs.
         self.run_on_seconds = run_on_seconds
+        #: Cores the recorder thread runs on when the model process is pinned (``GPUQ_WORKER_CPUS``).
+        self.host_cores = host_cores
+        self._recorder_pool: ThreadPoolExecutor | None = None
         self.claimer = Claimer(store.redis, lock_ttl=lock.ttl)
         #: The jobs the last ``run`` took on (the lead first), and those of them it observed for
         #: the metrics itself; the runtime records the others from their records.
@@ -112,13 +136,41 @@ class JobRunner:
         if end.failure is not None:
             raise JobFailed(end.failure)
         # Run on while this analyzer's jobs wait: the next batch starts here, without the
-        # round trips of handing this task back to Celery and being delivered another.
-        while end.waiting and self._may_run_on(analyzer, lead, began):
-            batch = self._claim_waiting(analyzer, batch_member(lead.holder), wait=0.0)
-            if not batch:
-                return
-            self.handled += [c.job_id for c in batch]
-            end = self._settle(batch, partial(self._run_batch, analyzer, batch))
+        # round trips of handing this task back to Celery and being delivered another. Each
+        # batch's end is recorded on the recorder thread while the next one runs.
+        recording: _Recording | None = None
+        try:
+            while (end.waiting or recording) and self._may_run_on(analyzer, lead, began):
+                batch = self._claim_waiting(analyzer, batch_member(lead.holder), wait=0.0)
+                if not batch:
+                    break
+                self.handled += [c.job_id for c in batch]
+                ran = self._settle(batch, partial(self._predict_batch, analyzer, batch))
+                # The last batch recorded before this one's is queued: ends are written in order,
+                # and one failing to be written leaves this batch to the janitor too.
+                previous, recording = recording, None
+                self._settle(batch, partial(self._wait_recorded, previous))
+                recording = _Recording(batch, self._recorder().submit(self._record_batch, analyzer, batch, ran))
+        finally:
+            self._wait_recorded(recording)
+
+    def _recorder(self) -> ThreadPoolExecutor:
+        """The one thread that records ended batches, started on first use.
+
+        It runs on ``host_cores``: encoding results and waiting on Redis is the
+        service's work, and the cores the model process is pinned to are the model's.
+        """
+        if self._recorder_pool is None:
+            cores = self.host_cores
+            self._recorder_pool = ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="gpuq-recorder",
+                initializer=(lambda: os.sched_setaffinity(0, cores)) if cores else None)
+        return self._recorder_pool
+
+    def _wait_recorded(self, recording: _Recording | None) -> None:
+        """Until ``recording``'s batch is recorded; if that failed, its locks are released and it raises."""
+        if recording is not None:
+            self._settle(recording.batch, recording.future.result)
 
     def _settle(self, held: list[_Claimed], step):
         """``step()``; if it raises, the locks of ``held`` are released first.
@@ -211,27 +263,34 @@ class JobRunner:
 
     def _run_batch(self, analyzer: Analyzer, batch: list[_Claimed]) -> _BatchEnd:
         """Run ``batch`` and record every job's end."""
-        endings: dict[str, tuple[str, dict[str, Any]]] = {}  # job id -> (status, fields)
-        ready: list[tuple[_Claimed, Item]] = []
+        return self._record_batch(analyzer, batch, self._predict_batch(analyzer, batch))
+
+    def _predict_batch(self, analyzer: Analyzer, batch: list[_Claimed]) -> _Ran:
+        """``predict`` on the batch's jobs that have an input; the others' ends are known already."""
+        ran = _Ran()
         for claimed in batch:
             if claimed.input is None:
-                endings[claimed.job_id] = _failure("input_expired", "the job's input expired before it could run")
+                ran.endings[claimed.job_id] = _failure("input_expired",
+                                                       "the job's input expired before it could run")
                 continue
             record = claimed.record
             if record.input_media_type == JSON_MEDIA_TYPE:
                 data, media_type = json.loads(claimed.input), None
             else:
                 data, media_type = claimed.input, record.input_media_type
-            ready.append((claimed, Item(job_id=claimed.job_id, data=data, media_type=media_type,
-                                        params=record.params,
-                                        report_progress=ProgressWriter(self.store, claimed.job_id))))
-
+            ran.ready.append((claimed, Item(job_id=claimed.job_id, data=data, media_type=media_type,
+                                            params=record.params,
+                                            report_progress=ProgressWriter(self.store, claimed.job_id))))
         run_started = time.perf_counter()
-        outputs = predict_isolating(analyzer, [item for _, item in ready]) if ready else []
-        run_seconds = time.perf_counter() - run_started
+        ran.outputs = predict_isolating(analyzer, [item for _, item in ran.ready]) if ran.ready else []
+        ran.seconds = time.perf_counter() - run_started
+        return ran
 
+    def _record_batch(self, analyzer: Analyzer, batch: list[_Claimed], ran: _Ran) -> _BatchEnd:
+        """Encode the results and record every job's end."""
+        endings = ran.endings
         results: dict[str, bytes | str] = {}  # job id -> result encoded as the backend stores it
-        for (claimed, _), output in zip(ready, outputs, strict=True):
+        for (claimed, _), output in zip(ran.ready, ran.outputs, strict=True):
             if not isinstance(output, BaseException):
                 try:  # fail here, clearly, rather than in the result backend
                     encoded = encode_result(self.backend, claimed.job_id, output)
@@ -248,11 +307,11 @@ class JobRunner:
             endings[claimed.job_id] = (SUCCEEDED, {
                 "error": None,
                 "timings": {"queued_ms": round((claimed.started_at - claimed.record.created_at) * 1000, 1),
-                            "run_ms": round(run_seconds * 1000, 1), "batch_size": len(ready)},
+                            "run_ms": round(ran.seconds * 1000, 1), "batch_size": len(ran.ready)},
                 "progress": {"fraction": 1.0, "stage": "done"},
                 "provenance": analyzer.provenance(),
             })
-        return self._end_batch(analyzer, batch, endings, results, run_seconds, len(ready))
+        return self._end_batch(analyzer, batch, endings, results, ran.seconds, len(ran.ready))
 
     def _end_batch(self, analyzer: Analyzer, batch: list[_Claimed], endings: dict[str, tuple[str, dict[str, Any]]],
                    results: dict[str, Any], run_seconds: float, ran: int) -> _BatchEnd:

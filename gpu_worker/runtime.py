@@ -67,6 +67,7 @@ class WorkerRuntime:
     def start(cls, *, name: str, settings: Settings, backend: Any, analyzer_classes: list[type[Analyzer]],
               environ: dict[str, str]) -> WorkerRuntime:
         # Cores first: the threads torch and the analyzers start inherit them.
+        host_cores = os.sched_getaffinity(0)
         cores = pin_to_cores(environ.get(CORES_VARIABLE))
         if cores is not None:
             log.info("%s: model process pinned to cores %s", name, ",".join(str(c) for c in sorted(cores)))
@@ -89,7 +90,8 @@ class WorkerRuntime:
         # runs on keeps nearly all of it.
         runner = JobRunner(store, backend, analyzers, worker=name, device_label=label,
                            max_attempts=settings.max_attempts, lock=lock, batching=settings.batching_enabled,
-                           run_on_seconds=min(1.0, settings.job_time_limit / 20))
+                           run_on_seconds=min(1.0, settings.job_time_limit / 20),
+                           host_cores=host_cores if cores is not None else None)
         runtime = cls(name=name, settings=settings, redis=redis, device=device, device_label=label,
                       analyzers=analyzers, runner=runner, gpu=GpuProbe.for_worker(device, environ))
         catalog.publish_analyzers(redis, [type(a).spec() for a in analyzers.values()])

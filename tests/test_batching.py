@@ -323,3 +323,68 @@ def test_an_analyzer_that_does_not_batch_never_runs_on(make_runner, submit, stor
 class Alone(Batcher):
     name = "alone"
     max_batch_size = 1
+
+
+class SignalsEachBatch(Batcher):
+    """Sets ``started`` each time a batch begins, so a test can see what ran meanwhile."""
+
+    name = "signals"
+
+    def setup(self, device):
+        super().setup(device)
+        self.started: list[threading.Event] = []
+
+    def predict(self, batch):
+        self.started.append(threading.Event())
+        self.started[-1].set()
+        return super().predict(batch)
+
+
+def test_a_batch_that_runs_on_is_recorded_while_the_next_one_runs(make_runner, submit, store, redis_client):
+    runner = make_runner(SignalsEachBatch)
+    analyzer = runner.analyzers["signals"]
+    ids = [submit({"n": n}, "signals") for n in range(24)]  # batches of 8: the lead's, then two that run on
+    overlapped = []
+    end_batch = runner._end_batch
+
+    def end_batch_after_the_next_began(analyzer_, batch, *args):
+        if batch[0].job_id == ids[8]:  # the first batch that ran on: wait for the third to start
+            began = len(analyzer.started) >= 3 or _wait_for(lambda: len(analyzer.started) >= 3, 5.0)
+            overlapped.append(began)
+        return end_batch(analyzer_, batch, *args)
+
+    runner._end_batch = end_batch_after_the_next_began
+    runner.run(deliver(redis_client, "signals"))
+    assert overlapped == [True]
+    assert batches(redis_client, "signals") == [ids[:8], ids[8:16], ids[16:]]
+    assert {store.get(i).status for i in ids} == {"succeeded"}  # every end written before run returned
+    assert all(redis_client.get(keys.job_lock(i)) is None for i in ids)
+
+
+def test_an_end_that_cannot_be_written_hands_its_batch_and_the_next_to_the_janitor(make_runner, submit, store,
+                                                                                   redis_client):
+    runner = make_runner()
+    ids = [submit({"n": n}) for n in range(24)]
+    end_batch = runner._end_batch
+
+    def end_batch_failing_once(analyzer_, batch, *args):
+        if batch[0].job_id == ids[8]:
+            raise ConnectionError("Redis went away")
+        return end_batch(analyzer_, batch, *args)
+
+    runner._end_batch = end_batch_failing_once
+    with pytest.raises(ConnectionError):
+        runner.run(deliver(redis_client))
+    assert {store.get(i).status for i in ids[:8]} == {"succeeded"}
+    # Running, and nobody holds their locks: the janitor delivers them again.
+    assert {store.get(i).status for i in ids[8:]} == {RUNNING}
+    assert all(redis_client.get(keys.job_lock(i)) is None for i in ids)
+
+
+def _wait_for(condition, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return False
