@@ -25,3 +25,26 @@ def test_a_crash_mid_batch_delivers_every_job_again_and_the_poison_job_fails_alo
     calls = batches(stack.redis)
     assert [*innocent[:2], poison, innocent[2]] in calls  # the batch that crashed
     assert [poison] in calls  # after that, the poison job ran alone
+
+
+def test_a_crash_in_a_batch_that_ran_on_delivers_its_jobs_again_and_leaves_the_lead_done(make_stack):
+    stack = make_stack(analyzers="tests.fixtures.batching:Batcher")
+    lead = stack.submit("batcher", input={"seconds": 2})
+    stack.wait(lead["id"], {"running"})
+    # Behind the lead, which runs alone: a batch of 8 that runs on from it, then one with the poison job.
+    first = [stack.submit("batcher", input={"n": n})["id"] for n in range(8)]
+    poison = stack.submit("batcher", input={"crash": 99})["id"]
+    second = [stack.submit("batcher", input={"n": n})["id"] for n in range(9, 12)]
+
+    assert stack.wait(lead["id"], timeout=30)["status"] == "succeeded"
+    assert stack.wait(poison, timeout=120)["status"] == "failed"
+    assert stack.job(poison)["error"]["code"] == "worker_lost" and stack.counter("runs", poison) <= 3
+    for job_id in first + second:
+        done = stack.wait(job_id, timeout=90)
+        assert done["status"] == "succeeded", done
+        assert done["result"]["echo"]["n"] in range(12)
+        assert 1 <= stack.counter("done", job_id) <= 2  # the batch before the crash may have run twice
+    calls = batches(stack.redis)
+    assert calls[:2] == [[lead["id"]], first]  # the first batch ran on from the lead's, in its task
+    assert [poison, *second] in calls and [poison] in calls  # the crash, then the poison job alone
+    assert stack.job(lead["id"])["attempts"] == 1  # the lead's task was retried, and found its job done
