@@ -250,16 +250,8 @@ class JobRunner:
                                        running_fields=self._running_fields(started))
         if gathered.dropped:
             log.info("dropped the messages of %d jobs no longer queued", len(gathered.dropped))
-        if not gathered.job_ids:
-            return []
-        claimed = []
-        for job_id, (record, data) in zip(gathered.job_ids, self.claimer.read_claimed(gathered.job_ids),
-                                          strict=True):
-            if record is not None:
-                claimed.append(_Claimed(record, holder, started, data))
-            else:  # expired between the claim and now: nothing to run, nothing to record
-                self.lock.release(job_id, holder)
-        return claimed
+        return [_Claimed(record, holder, started, data)
+                for record, data in zip(gathered.records, gathered.inputs, strict=True)]
 
     def _run_batch(self, analyzer: Analyzer, batch: list[_Claimed]) -> _BatchEnd:
         """Run ``batch`` and record every job's end."""

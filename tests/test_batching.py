@@ -388,3 +388,16 @@ def _wait_for(condition, seconds: float) -> bool:
             return True
         time.sleep(0.01)
     return False
+
+
+def test_a_gathered_job_whose_input_expired_fails_alone_and_the_batch_goes_on(make_runner, submit, store,
+                                                                              redis_client, celery_app):
+    runner = make_runner()
+    ids = [submit({"n": n}) for n in range(3)]
+    redis_client.delete(keys.job_input(ids[1]))  # its input's TTL ran out while it waited
+    runner.run(deliver(redis_client))
+    assert batches(redis_client) == [[ids[0], ids[2]]]
+    expired = store.get(ids[1])
+    assert expired.status == "failed" and expired.error["code"] == "input_expired"
+    assert result_of(celery_app, ids[2]) == {"echo": {"n": 2}, "batch": 2}
+    assert redis_client.get(keys.job_lock(ids[1])) is None
