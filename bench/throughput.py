@@ -160,7 +160,7 @@ def _load_phase(stack: BenchStack, raw_model: RawModel, layout: CoreLayout, work
                                   meter=stack.cpu_meter(workers)))
             print(f"  round {round_number + 1}: (a) {raws[-1].items_per_s:,.0f}, ({name}) "
                   f"{loads[-1].items_per_s:,.0f} {workload.unit}/s, worker in predict "
-                  f"{loads[-1].predict_share:.0%}, cores busy: {_busiest(loads[-1].cpu)}", flush=True)
+                  f"{loads[-1].predict_share:.0%}, cores busy: {_cores_in_short(loads[-1].cpu)}", flush=True)
     finally:
         stack.stop(workers)
     raw, result = combine(raws), combine_loads(loads)
@@ -174,7 +174,8 @@ def _load_phase(stack: BenchStack, raw_model: RawModel, layout: CoreLayout, work
     return raw, result, ratios
 
 
-def _busiest(cpu: dict[str, float]) -> str:
+def _cores_in_short(cpu: dict[str, float]) -> str:
+    """Cores each part used, each part named by its first word, for a round's line."""
     return ", ".join(f"{part.split(' ')[0]} {used:.2f}" for part, used in cpu.items())
 
 
