@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["BENCH_PROCESS", "OTHERS", "CpuMeter"]
+__all__ = ["BENCH_PROCESS", "OTHERS", "CpuMeter", "over_windows"]
 
 BENCH_PROCESS = "bench process"
 OTHERS = "other processes"
@@ -82,3 +82,10 @@ class CpuMeter:
         wall = os.times().elapsed - self._wall
         ended = self._now()
         return {label: (ended[label] - self._began.get(label, 0.0)) / wall for label in ended}
+
+
+def over_windows(readings: list[tuple[dict[str, float], float]]) -> dict[str, float]:
+    """Cores each part used over several windows, from (``CpuMeter.stop()``'s reading, seconds) pairs."""
+    total = sum(seconds for _, seconds in readings)
+    parts = dict.fromkeys(part for cpu, _ in readings for part in cpu)  # in the order measured
+    return {part: sum(cpu.get(part, 0.0) * seconds for cpu, seconds in readings) / total for part in parts}

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import requests
 
-from bench.cpu_usage import CpuMeter
+from bench.cpu_usage import CpuMeter, over_windows
 from bench.http_jobs import JobFailure, Outcome, run_job
 from bench.stats import p50_p99
 from bench.workloads import Workload
@@ -101,7 +101,6 @@ def combine_loads(windows: list[LoadResult]) -> LoadResult:
     latencies = [ms for w in windows for ms in w.latencies_ms]
     latency_p50, latency_p99 = p50_p99(latencies)
     batched = [w for w in windows if w.mean_batch_size is not None and w.jobs]
-    parts = dict.fromkeys(part for w in windows for part in w.cpu)  # in the order measured
     return LoadResult(
         items_per_s=items / window, jobs=jobs, items=items, window_s=window,
         mean_batch_size=(sum(w.mean_batch_size * w.jobs for w in batched) / sum(w.jobs for w in batched)
@@ -110,7 +109,7 @@ def combine_loads(windows: list[LoadResult]) -> LoadResult:
                        if all(w.predict_share is not None for w in windows) else None),
         latency_p50_ms=latency_p50, latency_p99_ms=latency_p99,
         errors=[error for w in windows for error in w.errors],
-        cpu={part: sum(w.cpu.get(part, 0.0) * w.window_s for w in windows) / window for part in parts},
+        cpu=over_windows([(w.cpu, w.window_s) for w in windows]),
         latencies_ms=latencies)
 
 

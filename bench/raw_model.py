@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from bench.cpu_usage import CpuMeter
+from bench.cpu_usage import CpuMeter, over_windows
 from bench.workloads import Workload
 from gpu_worker.devices import limit_torch_threads
 from gpu_worker.registry import resolve_analyzers
@@ -81,11 +81,10 @@ def combine(windows: list[RawResult]) -> RawResult:
     calls = sum(w.calls for w in windows)
     items = sum(w.items_per_s * w.elapsed_s for w in windows)
     first = windows[0]
-    parts = dict.fromkeys(part for w in windows for part in w.cpu)  # in the order measured
-    cpu = {part: sum(w.cpu.get(part, 0.0) * w.elapsed_s for w in windows) / elapsed for part in parts}
     return RawResult(items_per_s=items / elapsed, items_per_call=first.items_per_call,
                      ms_per_call=elapsed / calls * 1000, ms_per_job=elapsed / (calls * first.jobs_per_call) * 1000,
-                     calls=calls, cpu=cpu, elapsed_s=elapsed, jobs_per_call=first.jobs_per_call)
+                     calls=calls, cpu=over_windows([(w.cpu, w.elapsed_s) for w in windows]), elapsed_s=elapsed,
+                     jobs_per_call=first.jobs_per_call)
 
 
 def _loop(analyzer, batch, seconds: float, sync) -> tuple[int, float]:
