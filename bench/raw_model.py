@@ -1,7 +1,8 @@
 """(a) The limit: the analyzer's own ``predict`` in a tight loop in this process.
 
 The analyzer class is the one the worker serves (``resolve_analyzers``),
-set up on the same device with the same torch CPU threads (``GPUQ_TORCH_THREADS``),
+set up on the same device with the same torch CPU threads (``GPUQ_TORCH_THREADS``)
+and host allocator settings (``gpu_worker.host_memory``),
 fed the ``Item``s the worker would build, in batches of as many jobs as a
 worker may batch: the analyzer's ``max_batch_size``, and no more than the
 benchmark's clients, who never have more jobs waiting than that.
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from bench.cpu_usage import CpuMeter, over_windows
 from bench.workloads import Workload
 from gpu_worker.devices import limit_torch_threads
+from gpu_worker.host_memory import keep_freed_memory
 from gpu_worker.registry import resolve_analyzers
 from tasks.settings import Settings
 
@@ -44,8 +46,9 @@ class RawModel:
     """The workload's analyzer, loaded once in this process on ``device``, ready to be measured."""
 
     def __init__(self, workload: Workload, device: str, *, clients: int):
-        # The same CPU threads as a worker process gets: like for like.
+        # The same CPU threads and host allocator settings as a worker process gets: like for like.
         limit_torch_threads(Settings.from_env(redis_url="unused").torch_threads)
+        keep_freed_memory()
         [analyzer_class] = resolve_analyzers(workload.analyzer)
         self.device = device
         self.analyzer = analyzer_class()

@@ -7,7 +7,9 @@ in one ``predict``. Each job gets its own result or its own error
 (``gpu_worker.isolation``), and its record says how large its batch was.
 While more of that analyzer's jobs wait, the same task runs on with the next
 batch, for up to ``run_on_seconds``: a batch then follows the last at once,
-not after the task's end and the next delivery went through Celery.
+not after the task's end and the next delivery went through Celery. While a
+batch that ran on runs, a recorder thread writes the end of the one before
+and claims the one after.
 
 Every way out leaves each job's record terminal or in the hands of the
 janitor: a result is stored before the record says ``succeeded``, and any
@@ -21,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -47,6 +50,11 @@ __all__ = ["JobFailed", "JobRunner"]
 log = logging.getLogger("gpuq.runner")
 
 JSON_MEDIA_TYPE = "application/json"
+
+#: How many times its last claim's duration before the running batch's expected
+#: end a batch that runs on claims the next one: late, so that most jobs that
+#: come in meanwhile join it, but with room for a claim slower than the last.
+CLAIM_MARGIN = 2.0
 
 
 class JobFailed(Exception):
@@ -79,6 +87,11 @@ class _Ran:
     #: Ends known without running (an expired input): job id -> (status, fields).
     endings: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
 
+    @property
+    def timed_out(self) -> bool:
+        """Whether the task's soft time limit ended this batch."""
+        return any(isinstance(output, SoftTimeLimitExceeded) for output in self.outputs)
+
 
 @dataclass(frozen=True)
 class _Recording:
@@ -89,11 +102,23 @@ class _Recording:
 
 
 @dataclass(frozen=True)
+class _Claiming:
+    """The next batch, being claimed on the recorder thread while the current one runs."""
+
+    #: Set once the current batch's ``predict`` has ended (or failed): the claim waits no longer.
+    predicted: threading.Event
+    #: The claimed jobs (a list of ``_Claimed``, empty when none waited).
+    future: Future
+
+
+@dataclass(frozen=True)
 class _BatchEnd:
     #: The failure ("code: message") of the batch's first job, the lead in the batch Celery delivered.
     failure: str | None
     #: Messages waiting in the analyzer's queue once the batch was recorded.
     waiting: int
+    #: Seconds the batch's ``predict`` took.
+    predict_seconds: float = 0.0
 
 
 class JobRunner:
@@ -113,6 +138,8 @@ class JobRunner:
         #: Cores the recorder thread runs on when the model process is pinned (``GPUQ_WORKER_CPUS``).
         self.host_cores = host_cores
         self._recorder_pool: ThreadPoolExecutor | None = None
+        #: How long the last claim made during a batch took (``_claim_during``).
+        self._claim_seconds = 0.0
         self.claimer = Claimer(store.redis, lock_ttl=lock.ttl)
         #: The jobs the last ``run`` took on (the lead first), and those of them it observed for
         #: the metrics itself; the runtime records the others from their records.
@@ -135,24 +162,73 @@ class JobRunner:
         end = self._settle(batch, partial(self._run_batch, analyzer, batch))
         if end.failure is not None:
             raise JobFailed(end.failure)
-        # Run on while this analyzer's jobs wait: the next batch starts here, without the
-        # round trips of handing this task back to Celery and being delivered another. Each
-        # batch's end is recorded on the recorder thread while the next one runs.
+        if end.waiting:
+            self._run_on(analyzer, lead, began, end.predict_seconds)
+
+    def _run_on(self, analyzer: Analyzer, lead: _Claimed, began: float, predict_seconds: float) -> None:
+        """Batch after batch of ``analyzer``'s waiting jobs, while they wait and ``_may_run_on`` allows.
+
+        The next batch starts here, without the round trips of handing this task
+        back to Celery and being delivered another. Each batch's end is recorded
+        on the recorder thread while the next one runs, and the batch after it
+        is claimed there too, late in the current one's ``predict``: the model
+        process then goes from one ``predict`` to the next without waiting on Redis.
+        """
+        holder = batch_member(lead.holder)
         recording: _Recording | None = None
+        claiming: _Claiming | None = None
         try:
-            while (end.waiting or recording) and self._may_run_on(analyzer, lead, began):
-                batch = self._claim_waiting(analyzer, batch_member(lead.holder), wait=0.0)
-                if not batch:
-                    break
+            batch = (self._claim_waiting(analyzer, holder, wait=0.0)
+                     if self._may_run_on(analyzer, lead, began) else [])
+            while batch:
                 self.handled += [c.job_id for c in batch]
-                ran = self._settle(batch, partial(self._predict_batch, analyzer, batch))
+                # Judged at this batch's expected end, where the next one starts: the task still
+                # hands back to Celery about run_on_seconds after it began, not a batch later.
+                if self._may_run_on(analyzer, lead, began - predict_seconds):
+                    claiming = self._claim_during(analyzer, holder, predict_seconds)
+                ran = self._settle(batch, partial(self._predict_batch, analyzer, batch), claiming)
+                if claiming is not None:
+                    claiming.predicted.set()  # a claim not yet made is made now
                 # The last batch recorded before this one's is queued: ends are written in order,
-                # and one failing to be written leaves this batch to the janitor too.
+                # and one failing to be written leaves this batch (and the next) to the janitor too.
                 previous, recording = recording, None
-                self._settle(batch, partial(self._wait_recorded, previous))
+                self._settle(batch, partial(self._wait_recorded, previous), claiming)
                 recording = _Recording(batch, self._recorder().submit(self._record_batch, analyzer, batch, ran))
+                predict_seconds = ran.seconds
+                batch = self._settle([], claiming.future.result, claiming) if claiming is not None else []
+                if ran.timed_out:  # the task's time is up: the batch claimed next is the janitor's
+                    if batch:
+                        log.warning("time limit reached while running on; %d claimed jobs left to be "
+                                    "delivered again", len(batch))
+                        self.lock.release_many({c.job_id: c.holder for c in batch})
+                    batch = []
+                elif claiming is not None and not batch:
+                    # Nothing waited when the claim was made: jobs may have come since.
+                    batch = self._claim_waiting(analyzer, holder, wait=0.0)
+                claiming = None
         finally:
             self._wait_recorded(recording)
+
+    def _claim_during(self, analyzer: Analyzer, holder: str, predict_seconds: float) -> _Claiming:
+        """The next batch, claimed on the recorder thread while the current one runs.
+
+        The claim is made ``CLAIM_MARGIN`` times the last claim's duration before
+        the current ``predict`` should end (if it can be, taken as long as the
+        last), or once it has ended: jobs that come in meanwhile, typically from
+        the clients of the batch just recorded, then join the next batch rather
+        than the one after it. The recorder thread runs it after the last batch's end.
+        """
+        predicted = threading.Event()
+        due = time.monotonic() + max(0.0, predict_seconds - CLAIM_MARGIN * self._claim_seconds)
+
+        def claim() -> list[_Claimed]:
+            predicted.wait(max(0.0, due - time.monotonic()))
+            began = time.monotonic()
+            claimed = self._claim_waiting(analyzer, holder, wait=0.0)
+            self._claim_seconds = time.monotonic() - began
+            return claimed
+
+        return _Claiming(predicted, self._recorder().submit(claim))
 
     def _recorder(self) -> ThreadPoolExecutor:
         """The one thread that records ended batches, started on first use.
@@ -172,8 +248,8 @@ class JobRunner:
         if recording is not None:
             self._settle(recording.batch, recording.future.result)
 
-    def _settle(self, held: list[_Claimed], step):
-        """``step()``; if it raises, the locks of ``held`` are released first.
+    def _settle(self, held: list[_Claimed], step, claiming: _Claiming | None = None):
+        """``step()``; if it raises, the locks of ``held`` and of the jobs ``claiming`` took are released first.
 
         A job left unfinished (Redis gone for minutes, say) is then the janitor's
         to deliver again: running, and nobody holds its lock.
@@ -181,6 +257,12 @@ class JobRunner:
         try:
             return step()
         except BaseException:
+            if claiming is not None:
+                claiming.predicted.set()
+                try:
+                    held = [*held, *claiming.future.result()]
+                except Exception:  # Redis gone: what that claim took is left to the lock's TTL
+                    log.warning("could not learn which jobs were claimed for the next batch", exc_info=True)
             if held:
                 self.lock.release_many({c.job_id: c.holder for c in held})
             raise
@@ -338,7 +420,7 @@ class JobRunner:
         failure = None
         if status == FAILED and first not in canceled:
             failure = f"{fields['error']['code']}: {fields['error']['message']}"
-        return _BatchEnd(failure=failure, waiting=int(replies[-1]))
+        return _BatchEnd(failure=failure, waiting=int(replies[-1]), predict_seconds=run_seconds)
 
     def _fail(self, job_id: str, code: str, message: str) -> None:
         self.store.finish(job_id, FAILED, [QUEUED, RUNNING, CANCELING], error={"code": code, "message": message})

@@ -24,6 +24,7 @@ from gpu_worker.analyzer import Analyzer
 from gpu_worker.cpu_affinity import VARIABLE as CORES_VARIABLE
 from gpu_worker.cpu_affinity import pin_to_cores
 from gpu_worker.devices import describe_device, limit_torch_threads
+from gpu_worker.host_memory import keep_freed_memory
 from gpu_worker.job_metrics import record_finished_jobs
 from gpu_worker.joblock import JobLock
 from gpu_worker.runner import JobRunner
@@ -72,6 +73,8 @@ class WorkerRuntime:
         if cores is not None:
             log.info("%s: model process pinned to cores %s", name, ",".join(str(c) for c in sorted(cores)))
         limit_torch_threads(settings.torch_threads)
+        if keep_freed_memory(environ):
+            log.info("%s: freed host memory kept in the process (malloc thresholds fixed)", name)
         device, label = describe_device(environ.get("GPUQ_DEVICE", "cpu"))
         analyzers: dict[str, Analyzer] = {}
         for cls_ in analyzer_classes:

@@ -11,6 +11,7 @@ import threading
 import time
 
 import pytest
+from celery.exceptions import SoftTimeLimitExceeded
 
 from gpu_worker.joblock import JobLock
 from gpu_worker.runner import JobFailed, JobRunner
@@ -401,3 +402,83 @@ def test_a_gathered_job_whose_input_expired_fails_alone_and_the_batch_goes_on(ma
     assert expired.status == "failed" and expired.error["code"] == "input_expired"
     assert result_of(celery_app, ids[2]) == {"echo": {"n": 2}, "batch": 2}
     assert redis_client.get(keys.job_lock(ids[1])) is None
+
+
+class WatchesTheNextBatch(Batcher):
+    """In each batch after the first two, notes whether the jobs queued behind it are claimed meanwhile."""
+
+    name = "watches"
+
+    def predict(self, batch):
+        if len(batches(self.redis, self.name)) >= 2 and batch[0].data.get("watch"):
+            behind = [job_id.decode() for job_id in self.redis.lrange("test:watched", 0, -1)]
+            self.claimed_meanwhile = _wait_for(
+                lambda: all(self.store.get(i).status == RUNNING for i in behind), 5.0)
+        return super().predict(batch)
+
+
+def test_the_next_batch_is_claimed_while_the_current_one_runs(make_runner, submit, store, redis_client):
+    runner = make_runner(WatchesTheNextBatch)
+    analyzer = runner.analyzers["watches"]
+    # The lead's batch, one that runs on (claimed after it), then the watching one, and 8 behind that.
+    ids = [submit({"n": n}, "watches") for n in range(16)]
+    ids += [submit({"watch": True}, "watches")] + [submit({"n": n}, "watches") for n in range(7)]
+    ids += [submit({"n": n}, "watches") for n in range(8)]
+    redis_client.delete("test:watched")
+    redis_client.rpush("test:watched", *ids[24:])
+    runner.run(deliver(redis_client, "watches"))
+    assert analyzer.claimed_meanwhile is True
+    assert batches(redis_client, "watches") == [ids[:8], ids[8:16], ids[16:24], ids[24:]]
+    assert {store.get(i).status for i in ids} == {"succeeded"}
+    assert all(redis_client.get(keys.job_lock(i)) is None for i in ids)
+
+
+class Interrupted(BaseException):
+    """Stands for what no analyzer raises and nothing catches (an interpreter shutting down, say)."""
+
+
+class RaisesInTheThirdBatch(Batcher):
+    """Its third call runs, then raises ``error``: the batch after it is claimed by then."""
+
+    name = "interrupted"
+    error: type[BaseException] = Interrupted
+
+    def predict(self, batch):
+        results = super().predict(batch)
+        if len(batches(self.redis, self.name)) == 3:
+            raise self.error()
+        return results
+
+
+def test_a_batch_that_ends_the_task_leaves_it_and_the_batch_claimed_behind_it_to_the_janitor(
+        make_runner, submit, store, redis_client):
+    runner = make_runner(RaisesInTheThirdBatch)
+    ids = [submit({"n": n}, "interrupted") for n in range(40)]
+    with pytest.raises(Interrupted):
+        runner.run(deliver(redis_client, "interrupted"))
+    assert {store.get(i).status for i in ids[:16]} == {"succeeded"}
+    # The third batch and the fourth, claimed while the third ran: running, and nobody holds their locks.
+    assert {store.get(i).status for i in ids[16:32]} == {RUNNING}
+    assert all(redis_client.get(keys.job_lock(i)) is None for i in ids)
+    assert [store.get(i).status for i in ids[32:]] == [QUEUED] * 8
+    assert redis_client.llen(queue_for("interrupted")) == 8
+
+
+class TimesOutInTheThirdBatch(RaisesInTheThirdBatch):
+    """Its third batch ends as the task's soft time limit would end it."""
+
+    name = "times-out"
+    error = SoftTimeLimitExceeded
+
+
+def test_a_time_limit_in_a_batch_that_ran_on_ends_the_run_on(make_runner, submit, store, redis_client):
+    runner = make_runner(TimesOutInTheThirdBatch)
+    ids = [submit({"n": n}, "times-out") for n in range(40)]
+    runner.run(deliver(redis_client, "times-out"))  # the lead's job succeeded in the first batch
+    assert batches(redis_client, "times-out") == [ids[:8], ids[8:16], ids[16:24]]
+    assert {store.get(i).status for i in ids[:16]} == {"succeeded"}
+    assert {store.get(i).error["code"] for i in ids[16:24]} == {"timeout"}
+    # Claimed while the third batch ran, never run: for the janitor to deliver again.
+    assert {store.get(i).status for i in ids[24:32]} == {RUNNING}
+    assert all(redis_client.get(keys.job_lock(i)) is None for i in ids)
+    assert [store.get(i).status for i in ids[32:]] == [QUEUED] * 8

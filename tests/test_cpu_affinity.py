@@ -74,6 +74,7 @@ def test_the_model_process_runs_on_its_cores_and_celery_main_keeps_its_own(own_r
         job = requests.post(f"{api}/v1/jobs", json={"analyzer": "echo", "input": {"n": 1}}, timeout=5).json()
         assert wait_for_status(api, job["id"], {"succeeded"})["result"]["pid"] == worker["pid"]
         assert f"model process pinned to cores {core}" in process.output()
+        assert "freed host memory kept in the process" in process.output()  # gpu_worker.host_memory
     finally:
         api_process.stop()
         process.stop()
