@@ -7,9 +7,10 @@ the heap beyond the trim threshold goes back to the kernel too. A model's CPU
 pass allocates and frees activations of a MiB or more, of several sizes, each
 time: the thresholds keep moving, and many passes fault every page of their
 buffers in again, each zeroed by the kernel. On the development machine a
-256-frame ``digits`` job took about 1,000 page faults and ran 26,000-31,000
-frames/s; with both thresholds fixed, 1 fault and 36,000-41,000 frames/s. (PyTorch's
-CPU tensors come from malloc; a GPU worker's decoding and staging buffers do too.)
+256-frame ``digits`` job took about 1,000 page faults; with both thresholds
+fixed, a few, and the model ran 1.2 to 1.6 times as fast (``bench/host_memory.py``).
+(PyTorch's CPU tensors come from malloc; a GPU worker's decoding and staging
+buffers do too.)
 
 ``keep_freed_memory`` fixes the thresholds: requests up to 32 MiB (glibc's
 own ceiling for the moving threshold) come from the heap, and up to 128 MiB
