@@ -118,7 +118,7 @@ class _BatchEnd:
     #: Messages waiting in the analyzer's queue once the batch was recorded.
     waiting: int
     #: Seconds the batch's ``predict`` took.
-    predict_seconds: float = 0.0
+    predict_seconds: float
 
 
 class JobRunner:
@@ -200,7 +200,7 @@ class JobRunner:
                     if batch:
                         log.warning("time limit reached while running on; %d claimed jobs left to be "
                                     "delivered again", len(batch))
-                        self.lock.release_many({c.job_id: c.holder for c in batch})
+                        self._release(batch)
                     batch = []
                 elif claiming is not None and not batch:
                     # Nothing waited when the claim was made: jobs may have come since.
@@ -263,9 +263,13 @@ class JobRunner:
                     held = [*held, *claiming.future.result()]
                 except Exception:  # Redis gone: what that claim took is left to the lock's TTL
                     log.warning("could not learn which jobs were claimed for the next batch", exc_info=True)
-            if held:
-                self.lock.release_many({c.job_id: c.holder for c in held})
+            self._release(held)
             raise
+
+    def _release(self, held: list[_Claimed]) -> None:
+        """Let go of ``held``'s locks: jobs left running for the janitor to deliver again."""
+        if held:
+            self.lock.release_many({c.job_id: c.holder for c in held})
 
     def _may_run_on(self, analyzer: Analyzer, lead: _Claimed, began: float) -> bool:
         """Whether this task may take one more batch of ``analyzer``'s waiting jobs.

@@ -5,18 +5,28 @@ from __future__ import annotations
 from tests.fixtures.batching import batches
 
 
+def _hold_the_worker(stack) -> dict:
+    """A 2-second job, running: the jobs submitted next wait behind it in the queue."""
+    job = stack.submit("batcher", input={"seconds": 2})
+    stack.wait(job["id"], {"running"})
+    return job
+
+
+def _assert_it_failed_worker_lost_within_the_bound(stack, poison: str, timeout: float) -> None:
+    assert stack.wait(poison, timeout=timeout)["status"] == "failed"
+    failed = stack.job(poison)
+    assert failed["error"]["code"] == "worker_lost", failed
+    assert stack.counter("runs", poison) <= 3  # the attempt bound holds
+
+
 def test_a_crash_mid_batch_delivers_every_job_again_and_the_poison_job_fails_alone(make_stack):
     stack = make_stack(analyzers="tests.fixtures.batching:Batcher")
-    blocker = stack.submit("batcher", input={"seconds": 2})
-    stack.wait(blocker["id"], {"running"})
+    _hold_the_worker(stack)
     innocent = [stack.submit("batcher", input={"n": n})["id"] for n in range(2)]
     poison = stack.submit("batcher", input={"crash": 99})["id"]
     innocent.append(stack.submit("batcher", input={"n": 3})["id"])
 
-    assert stack.wait(poison, timeout=90)["status"] == "failed"
-    failed = stack.job(poison)
-    assert failed["error"]["code"] == "worker_lost", failed
-    assert stack.counter("runs", poison) <= 3  # the attempt bound holds
+    _assert_it_failed_worker_lost_within_the_bound(stack, poison, timeout=90)
     for job_id in innocent:
         done = stack.wait(job_id, timeout=60)
         assert done["status"] == "succeeded", done
@@ -29,16 +39,14 @@ def test_a_crash_mid_batch_delivers_every_job_again_and_the_poison_job_fails_alo
 
 def test_a_crash_in_a_batch_that_ran_on_delivers_its_jobs_again_and_leaves_the_lead_done(make_stack):
     stack = make_stack(analyzers="tests.fixtures.batching:Batcher")
-    lead = stack.submit("batcher", input={"seconds": 2})
-    stack.wait(lead["id"], {"running"})
+    lead = _hold_the_worker(stack)
     # Behind the lead, which runs alone: a batch of 8 that runs on from it, then one with the poison job.
     first = [stack.submit("batcher", input={"n": n})["id"] for n in range(8)]
     poison = stack.submit("batcher", input={"crash": 99})["id"]
     second = [stack.submit("batcher", input={"n": n})["id"] for n in range(9, 12)]
 
     assert stack.wait(lead["id"], timeout=30)["status"] == "succeeded"
-    assert stack.wait(poison, timeout=120)["status"] == "failed"
-    assert stack.job(poison)["error"]["code"] == "worker_lost" and stack.counter("runs", poison) <= 3
+    _assert_it_failed_worker_lost_within_the_bound(stack, poison, timeout=120)
     for job_id in first + second:
         done = stack.wait(job_id, timeout=90)
         assert done["status"] == "succeeded", done
