@@ -28,6 +28,7 @@ from gpu_worker.host_memory import keep_freed_memory
 from gpu_worker.job_metrics import record_finished_jobs
 from gpu_worker.joblock import JobLock
 from gpu_worker.runner import JobRunner
+from gpu_worker.switch_interval import SWITCH_INTERVAL, hand_back_the_gil_sooner
 from gpu_worker.telemetry import GpuProbe
 from tasks import catalog, logs
 from tasks.jobs import JobStore
@@ -75,6 +76,9 @@ class WorkerRuntime:
         limit_torch_threads(settings.torch_threads)
         if keep_freed_memory(environ):
             log.info("%s: freed host memory kept in the process (malloc thresholds fixed)", name)
+        # The recorder thread shares the GIL with predict: the model's thread gets it back sooner.
+        previous = hand_back_the_gil_sooner()
+        log.info("%s: switch interval %g ms (was %g ms)", name, SWITCH_INTERVAL * 1000, previous * 1000)
         device, label = describe_device(environ.get("GPUQ_DEVICE", "cpu"))
         analyzers: dict[str, Analyzer] = {}
         for cls_ in analyzer_classes:

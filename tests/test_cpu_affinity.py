@@ -10,6 +10,7 @@ import requests
 
 from gpu_worker.cpu_affinity import parse_core_list, worker_core_lists
 from gpu_worker.launcher import plan_slots
+from gpu_worker.switch_interval import SWITCH_INTERVAL
 from gpuq.redis_server import RedisServer
 from tasks.settings import SettingsError
 from tests.stack import base_env, start_api, start_workers, wait_for_status, wait_for_workers
@@ -72,9 +73,12 @@ def test_the_model_process_runs_on_its_cores_and_celery_main_keeps_its_own(own_r
         assert _allowed_cores(worker["pid"]) == {core}
         assert _allowed_cores(_parent_of(worker["pid"])) == mine  # Celery's main process: as started
         job = requests.post(f"{api}/v1/jobs", json={"analyzer": "echo", "input": {"n": 1}}, timeout=5).json()
-        assert wait_for_status(api, job["id"], {"succeeded"})["result"]["pid"] == worker["pid"]
+        result = wait_for_status(api, job["id"], {"succeeded"})["result"]
+        assert result["pid"] == worker["pid"]
         assert f"model process pinned to cores {core}" in process.output()
         assert "freed host memory kept in the process" in process.output()  # gpu_worker.host_memory
+        assert result["switch_interval"] == SWITCH_INTERVAL  # gpu_worker.switch_interval
+        assert f"switch interval {SWITCH_INTERVAL * 1000:g} ms" in process.output()
     finally:
         api_process.stop()
         process.stop()
