@@ -8,15 +8,15 @@ the job in hand and stop, so the queue is empty when the phase ends.
 
 from __future__ import annotations
 
+import http.client
 import statistics
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
 
-import requests
-
 from bench.cpu_usage import CpuMeter, over_windows
+from bench.http_client import ApiConnection
 from bench.http_jobs import JobFailure, Outcome, run_job
 from bench.stats import p50_p99
 from bench.workloads import Workload
@@ -52,12 +52,12 @@ def run_load(url: str, workload: Workload, *, clients: int, warmup: float, secon
     errors: list[str] = []
 
     def client(index: int) -> None:
-        session = requests.Session()
+        connection = ApiConnection(url, workload)
         job_number = index
         while not stop.is_set():
             try:
-                outcomes.append(run_job(session, url, workload, job_number))
-            except (JobFailure, requests.RequestException, ValueError) as error:
+                outcomes.append(run_job(connection, workload, job_number))
+            except (JobFailure, OSError, http.client.HTTPException, ValueError) as error:
                 if stop.is_set():
                     break  # the run was interrupted and the stack is going away: not the service's error
                 errors.append(str(error))
@@ -65,7 +65,7 @@ def run_load(url: str, workload: Workload, *, clients: int, warmup: float, secon
                     print(f"  ERROR: {error}", file=sys.stderr, flush=True)
                 time.sleep(0.1)  # an API that refuses everything must not be hammered
             job_number += clients
-        session.close()
+        connection.close()
 
     threads = [threading.Thread(target=client, args=(i,), name=f"client-{i}", daemon=True) for i in range(clients)]
     for thread in threads:

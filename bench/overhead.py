@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import requests
 
-from bench.http_jobs import run_job
+from bench.http_jobs import SessionClient, run_job
 from bench.stats import p50_p99
 from bench.workloads import Workload
 
@@ -52,10 +52,11 @@ def interleaved_round_trips(url: str, workload: Workload, task, jobs: int, warmu
     """
     task.apply_async(args=[{"n": -1}]).get(timeout=start_timeout)  # waits for the Celery worker to start
     session = requests.Session()
+    client = SessionClient(session, url, workload)
     outcomes, durations = [], []
     try:
         for n in range(warmup + jobs):
-            outcome = run_job(session, url, workload, n)
+            outcome = run_job(client, workload, n)
             began = time.perf_counter()
             result = task.apply_async(args=[{"n": n}]).get(timeout=30)
             duration = (time.perf_counter() - began) * 1000
