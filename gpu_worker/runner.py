@@ -6,8 +6,9 @@ that analyzer waiting in its queue (``gpu_worker.claims``) and runs them all
 in one ``predict``. Each job gets its own result or its own error
 (``gpu_worker.isolation``), and its record says how large its batch was.
 While more of that analyzer's jobs wait, the same task runs on with the next
-batch, for up to ``run_on_seconds``: a batch then follows the last at once,
-not after the task's end and the next delivery went through Celery. While a
+batch, for up to ``run_on_seconds`` (``fair_share_seconds`` once the
+worker's other analyzers have jobs waiting): a batch then follows the last
+at once, not after the task's end and the next delivery went through Celery. While a
 batch that ran on runs, a recorder thread writes the end of the one before
 and claims the one after.
 
@@ -117,6 +118,8 @@ class _BatchEnd:
     failure: str | None
     #: Messages waiting in the analyzer's queue once the batch was recorded.
     waiting: int
+    #: Messages waiting then in the queues of the worker's other analyzers.
+    others_waiting: int
     #: Seconds the batch's ``predict`` took.
     predict_seconds: float
 
@@ -124,7 +127,7 @@ class _BatchEnd:
 class JobRunner:
     def __init__(self, store: JobStore, backend: Any, analyzers: dict[str, Analyzer], *,
                  worker: str, device_label: str, max_attempts: int, lock: JobLock, batching: bool = True,
-                 run_on_seconds: float = 1.0, host_cores: set[int] | None = None):
+                 run_on_seconds: float = 5.0, fair_share_seconds: float = 1.0, host_cores: set[int] | None = None):
         self.store = store
         self.backend = backend
         self.analyzers = analyzers
@@ -133,8 +136,12 @@ class JobRunner:
         self.max_attempts = max_attempts
         self.lock = lock
         self.batching = batching
-        #: How long one Celery task may go on taking batches of its analyzer's waiting jobs.
+        #: How long one Celery task may go on taking batches of its analyzer's waiting jobs, and
+        #: how long once the worker's other analyzers have jobs waiting too (``_may_run_on``).
         self.run_on_seconds = run_on_seconds
+        self.fair_share_seconds = fair_share_seconds
+        #: Jobs of the worker's other analyzers waiting when the last batch was recorded.
+        self._others_waiting = 0
         #: Cores the recorder thread runs on when the model process is pinned (``GPUQ_WORKER_CPUS``).
         self.host_cores = host_cores
         self._recorder_pool: ThreadPoolExecutor | None = None
@@ -183,7 +190,7 @@ class JobRunner:
             while batch:
                 self.handled += [c.job_id for c in batch]
                 # Judged at this batch's expected end, where the next one starts: the task still
-                # hands back to Celery about run_on_seconds after it began, not a batch later.
+                # hands back to Celery about its run-on time after it began, not a batch later.
                 if self._may_run_on(analyzer, lead, began - predict_seconds):
                     claiming = self._claim_during(analyzer, holder, predict_seconds)
                 ran = self._settle(batch, partial(self._predict_batch, analyzer, batch), claiming)
@@ -275,11 +282,16 @@ class JobRunner:
         """Whether this task may take one more batch of ``analyzer``'s waiting jobs.
 
         Only a batching analyzer runs on, and only for ``run_on_seconds`` after the
-        task began: Celery then delivers the next job, so the worker's other queues,
-        Flower and a warm shutdown wait no longer than that and one batch.
+        task began, so Flower and a warm shutdown wait no longer than that and one
+        batch; once the last batch's end found jobs of the worker's other analyzers
+        waiting, only for ``fair_share_seconds``: Celery then delivers the next job,
+        which may be theirs. Each hand-back costs the model tens of milliseconds
+        (the last batch's recording, Celery's round trip, the next lead's claim),
+        which is why a worker that has nothing else to do runs on for longer.
         """
+        limit = self.fair_share_seconds if self._others_waiting else self.run_on_seconds
         return (self.batching and analyzer.max_batch_size > 1 and lead.record.attempts == 1
-                and time.monotonic() - began < self.run_on_seconds)
+                and time.monotonic() - began < limit)
 
     def _claim_lead(self, job_id: str, owner: str) -> _Claimed | None:
         started = time.time()
@@ -413,8 +425,12 @@ class JobRunner:
             record_run_seconds(writes, self.store.redis, analyzer.name, run_seconds, ran)
         for claimed in batch:
             self.lock.queue_release(writes, claimed.job_id, claimed.holder)
-        writes.pipe.llen(queue_for(analyzer.name))
+        others = [name for name in self.analyzers if name != analyzer.name]
+        for name in [analyzer.name, *others]:
+            writes.pipe.llen(queue_for(name))
         replies = writes.execute()
+        waiting = [int(n) for n in replies[len(replies) - 1 - len(others):]]
+        self._others_waiting = sum(waiting[1:])
         canceled = [job_id for job_id, index in finishes.items()
                     if parse_transition(replies[index]) == (False, CANCELING)]
         if canceled:  # canceled while the batch ran: the result is discarded
@@ -424,7 +440,8 @@ class JobRunner:
         failure = None
         if status == FAILED and first not in canceled:
             failure = f"{fields['error']['code']}: {fields['error']['message']}"
-        return _BatchEnd(failure=failure, waiting=int(replies[-1]), predict_seconds=run_seconds)
+        return _BatchEnd(failure=failure, waiting=waiting[0], others_waiting=self._others_waiting,
+                         predict_seconds=run_seconds)
 
     def _fail(self, job_id: str, code: str, message: str) -> None:
         self.store.finish(job_id, FAILED, [QUEUED, RUNNING, CANCELING], error={"code": code, "message": message})

@@ -92,12 +92,13 @@ class WorkerRuntime:
         store = JobStore(redis, result_ttl=settings.result_ttl, tombstone_ttl=settings.tombstone_ttl,
                          input_ttl=settings.input_ttl)
         lock = JobLock(redis, ttl=settings.job_time_limit + 120, local_worker=name)
-        # A task runs on with more batches for a second at most, and never for more than a
-        # twentieth of the time limit, which counts from the task's start: a batch that
-        # runs on keeps nearly all of it.
+        # A task runs on with more batches for 5 s at most, 1 s once the worker's other
+        # analyzers have jobs waiting, and never for more than a twentieth of the time limit,
+        # which counts from the task's start: a batch that runs on keeps nearly all of it.
         runner = JobRunner(store, backend, analyzers, worker=name, device_label=label,
                            max_attempts=settings.max_attempts, lock=lock, batching=settings.batching_enabled,
-                           run_on_seconds=min(1.0, settings.job_time_limit / 20),
+                           run_on_seconds=min(5.0, settings.job_time_limit / 20),
+                           fair_share_seconds=min(1.0, settings.job_time_limit / 20),
                            host_cores=host_cores if cores is not None else None)
         runtime = cls(name=name, settings=settings, redis=redis, device=device, device_label=label,
                       analyzers=analyzers, runner=runner, gpu=GpuProbe.for_worker(device, environ))

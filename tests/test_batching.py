@@ -285,6 +285,31 @@ def test_the_task_hands_back_to_celery_once_its_run_on_time_is_spent(make_runner
     assert redis_client.llen(queue_for("batcher")) == 4  # Celery delivers the next lead
 
 
+def test_a_worker_with_nothing_else_waiting_runs_on_past_its_fair_share(make_runner, submit, store, redis_client):
+    runner = make_runner()  # the defaults: 5 s of run-on, 1 s once other analyzers have jobs waiting
+    ids = [submit({"n": n, "seconds": 0.3}) for n in range(48)]  # six batches of 0.3 s
+    runner.run(deliver(redis_client))
+    assert batches(redis_client) == [ids[k:k + 8] for k in range(0, 48, 8)]
+    assert {store.get(i).status for i in ids} == {"succeeded"}
+
+
+def test_the_task_hands_back_after_its_fair_share_once_another_analyzer_has_jobs_waiting(
+        make_runner, submit, store, redis_client):
+    runner = make_runner()
+    other = Alone()
+    other.setup("cpu")
+    runner.analyzers[other.name] = other  # this worker serves a second analyzer
+    redis_client.delete(queue_for(other.name))
+    ids = [submit({"n": n, "seconds": 0.3}) for n in range(48)]
+    theirs = submit({"n": 0}, other.name)
+    runner.run(deliver(redis_client))
+    ran = batches(redis_client)
+    assert 2 <= len(ran) < 6, ran  # about a second of batches, then Celery's turn
+    done = sum(len(b) for b in ran)
+    assert [store.get(i).status for i in ids[done:]] == [QUEUED] * (48 - done)
+    assert store.get(theirs).status == QUEUED and deliver(redis_client, other.name) == theirs
+
+
 def test_a_job_with_an_attempt_stops_the_run_on_and_waits_for_celery(make_runner, submit, store, redis_client):
     runner = make_runner()
     ids = [submit({"n": n}) for n in range(12)]
