@@ -46,7 +46,7 @@ broker_url = _redis_url
 result_backend = _redis_url
 result_expires = int(_seconds("GPUQ_RESULT_TTL", 86400))
 
-# JSON only: pickle on the wire lets anyone who can write to Redis run code.
+# JSON only: a Python-object format on the wire lets anyone who can write to Redis run code.
 task_serializer = "json"
 result_serializer = "json"
 event_serializer = "json"

@@ -21,6 +21,8 @@ from bench.workloads import Workload
 
 __all__ = ["Answer", "ApiConnection"]
 
+_CLOSED_BY_THE_SERVER = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
+
 
 class Answer:
     """A response: its status and its body, parsed as JSON on demand."""
@@ -66,23 +68,25 @@ class ApiConnection:
 
     def _request(self, method: str, path: str, body: bytes | None = None,
                  headers: dict[str, str] | None = None) -> Answer:
-        for attempt in (1, 2):
-            if self._connection is None:
-                self._connection = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
-            try:
-                self._connection.request(method, self.prefix + path, body=body, headers=headers or {})
-                response = self._connection.getresponse()
-                answer = Answer(response.status, response.read())
-            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
-                # A keep-alive connection the server closed between requests: once more on a new one.
-                self.close()
-                if attempt == 2:
-                    raise
-                continue
-            if response.will_close:
-                self.close()
-            return answer
-        raise AssertionError("unreachable")
+        try:
+            return self._send(method, path, body, headers or {})
+        except _CLOSED_BY_THE_SERVER:
+            # A keep-alive connection the server closed between requests: once more on a new one.
+            return self._send(method, path, body, headers or {})
+
+    def _send(self, method: str, path: str, body: bytes | None, headers: dict[str, str]) -> Answer:
+        if self._connection is None:
+            self._connection = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+        try:
+            self._connection.request(method, self.prefix + path, body=body, headers=headers)
+            response = self._connection.getresponse()
+            answer = Answer(response.status, response.read())
+        except _CLOSED_BY_THE_SERVER:
+            self.close()
+            raise
+        if response.will_close:
+            self.close()
+        return answer
 
     def _body(self, job_number: int) -> tuple[bytes, str]:
         index = job_number % len(self.workload.inputs)

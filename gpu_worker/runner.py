@@ -118,8 +118,6 @@ class _BatchEnd:
     failure: str | None
     #: Messages waiting in the analyzer's queue once the batch was recorded.
     waiting: int
-    #: Messages waiting then in the queues of the worker's other analyzers.
-    others_waiting: int
     #: Seconds the batch's ``predict`` took.
     predict_seconds: float
 
@@ -425,12 +423,13 @@ class JobRunner:
             record_run_seconds(writes, self.store.redis, analyzer.name, run_seconds, ran)
         for claimed in batch:
             self.lock.queue_release(writes, claimed.job_id, claimed.holder)
-        others = [name for name in self.analyzers if name != analyzer.name]
-        for name in [analyzer.name, *others]:
+        # How many wait: in this analyzer's queue (to run on), and in the others' (``_may_run_on``).
+        queues = [analyzer.name, *(name for name in self.analyzers if name != analyzer.name)]
+        for name in queues:
             writes.pipe.llen(queue_for(name))
         replies = writes.execute()
-        waiting = [int(n) for n in replies[len(replies) - 1 - len(others):]]
-        self._others_waiting = sum(waiting[1:])
+        waiting, *others_waiting = (int(n) for n in replies[-len(queues):])
+        self._others_waiting = sum(others_waiting)
         canceled = [job_id for job_id, index in finishes.items()
                     if parse_transition(replies[index]) == (False, CANCELING)]
         if canceled:  # canceled while the batch ran: the result is discarded
@@ -440,8 +439,7 @@ class JobRunner:
         failure = None
         if status == FAILED and first not in canceled:
             failure = f"{fields['error']['code']}: {fields['error']['message']}"
-        return _BatchEnd(failure=failure, waiting=waiting[0], others_waiting=self._others_waiting,
-                         predict_seconds=run_seconds)
+        return _BatchEnd(failure=failure, waiting=waiting, predict_seconds=run_seconds)
 
     def _fail(self, job_id: str, code: str, message: str) -> None:
         self.store.finish(job_id, FAILED, [QUEUED, RUNNING, CANCELING], error={"code": code, "message": message})

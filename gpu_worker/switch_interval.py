@@ -9,12 +9,12 @@ recorder lets go at a blocking call or until CPython's switch interval has
 passed and it may ask for it: 5 ms by default, for an operator that may take
 a tenth of that. (On a GPU the next kernel launch waits with it.)
 
-Measured on the development machine (``bench/switch_interval.py``): with a
-helper thread busy a tenth of the time, the model's thread was off its core
-about 10 % of its ``predict`` time with the default interval and about 6 %
-with 0.5 ms, and ``predict`` ran 1.08 to 1.10 times as fast. In a coarse
-``digits`` run end to end, its share of ``predict`` time on its core went
-from 0.91 to 0.93 to 0.95.
+Measured on the development machine (``bench/switch_interval.py``, 5
+rounds): with a helper thread busy a tenth of the time, the model's thread
+was on its core 85 % of its ``predict`` time with the default interval and
+92 % with 0.5 ms, and ``predict`` ran 1.11 times as fast (median; rounds
+1.01 to 1.14). In whole coarse ``digits`` runs end to end the gain was lost
+in the machine's noise.
 
 A shorter interval costs more hand-overs between threads that both run
 Python; 0.5 ms did better than 1 ms and 0.2 ms there.
