@@ -9,7 +9,7 @@
 #
 # On a GPU machine without a package index, first gather the wheels here
 # (../shared/tools/device-wheels.sh jsonschema jsonschema-rs jsonschema-specifications
-# referencing rpds-py attrs pillow safetensors nvidia-ml-py) and carry .whl/:
+# referencing rpds-py attrs pillow safetensors nvidia-ml-py orjson) and carry .whl/:
 # this script installs them as that script's header says. GPUQ_CHECK_DEVICE=cpu
 # runs the same steps on a CPU, to try the script itself.
 set -uo pipefail

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import threading
 import time
@@ -27,9 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.workloads import build_workload  # noqa: E402
-from gpu_worker.devices import limit_torch_threads  # noqa: E402
-from gpu_worker.host_memory import keep_freed_memory  # noqa: E402
+from bench.pinned_digits import pin_digits, print_medians  # noqa: E402
 from gpu_worker.switch_interval import SWITCH_INTERVAL  # noqa: E402
 
 PERIOD = 0.05  # seconds: about a coarse batch's predict on this machine
@@ -89,22 +86,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not 0 < args.busy_share < 1 or min(args.rounds, args.jobs) < 1:
         parser.error("--busy-share must lie between 0 and 1, --rounds and --jobs be positive")
-    cores = sorted(os.sched_getaffinity(0))
-    model_core, helper_cores = ({cores[0]}, set(cores[1:])) if len(cores) > 1 else (None, None)
-    if model_core:
-        os.sched_setaffinity(0, model_core)
-    limit_torch_threads(1)
-    keep_freed_memory()
-    from gpu_worker.analyzers.digits import DigitsAnalyzer
-
-    workload = build_workload("digits", "coarse")
-    items = [workload.item(n) for n in range(args.jobs)]
-    analyzer = DigitsAnalyzer()
-    analyzer.setup("cpu")
+    model = pin_digits(args.jobs)
+    analyzer, items, helper_cores = model.analyzer, model.items, model.other_cores
     results = analyzer.predict(items)
     default_interval = sys.getswitchinterval()
-    print(f"digits, {args.jobs} coarse jobs per call; model on core {cores[0]}, helper busy "
-          f"{args.busy_share:.0%} of each {PERIOD * 1000:.0f} ms on {sorted(helper_cores or cores)}; switch interval "
+    print(f"digits, {args.jobs} coarse jobs per call; model on core {model.model_core}, helper busy "
+          f"{args.busy_share:.0%} of each {PERIOD * 1000:.0f} ms on {sorted(helper_cores or {model.model_core})}; "
+          f"switch interval "
           f"{default_interval * 1000:g} ms (default) against {SWITCH_INTERVAL * 1000:g} ms", flush=True)
     rounds: list[dict[str, Measured]] = []
     for round_number in range(1, args.rounds + 1):
@@ -112,22 +100,17 @@ def main(argv: list[str] | None = None) -> int:
         for mode in MODES:
             sys.setswitchinterval(SWITCH_INTERVAL if mode == "shortened" else default_interval)
             if mode == "alone":
-                measured[mode] = measure(analyzer, items, args.jobs * workload.items_per_job, args.seconds)
+                measured[mode] = measure(analyzer, items, model.frames_per_call, args.seconds)
             else:
                 with Helper(results, args.busy_share, helper_cores):
-                    measured[mode] = measure(analyzer, items, args.jobs * workload.items_per_job, args.seconds)
+                    measured[mode] = measure(analyzer, items, model.frames_per_call, args.seconds)
         sys.setswitchinterval(default_interval)
         rounds.append(measured)
         print(f"round {round_number}: " + "; ".join(
             f"{mode} {m.frames_per_s:,.0f} frames/s, on its core {m.on_core:.0%}" for mode, m in measured.items())
             + f"; shortened/default {measured['shortened'].frames_per_s / measured['default'].frames_per_s:.2f}",
             flush=True)
-    for mode in MODES:
-        against_alone = statistics.median(r[mode].frames_per_s / r["alone"].frames_per_s for r in rounds)
-        print(f"{mode:>9}: on its core, median {statistics.median(r[mode].on_core for r in rounds):.1%}; "
-              f"against alone, median {against_alone:.2f}")
-    ratio = statistics.median(r["shortened"].frames_per_s / r["default"].frames_per_s for r in rounds)
-    print(f"shortened/default, median of {len(rounds)} rounds: {ratio:.2f}")
+    print_medians(rounds, MODES, compared=("shortened", "default"), places=2)
     return 0
 
 

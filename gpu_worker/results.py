@@ -1,11 +1,12 @@
 """Storing a batch's results in Celery's result backend, with the batch's other writes.
 
 Each result is written exactly as Celery's Redis backend writes a task's
-result (same key, encoding, expiry and pub/sub notice), so ``AsyncResult``,
+result (same key, JSON, expiry and pub/sub notice), so ``AsyncResult``,
 Flower and the API read it unchanged. Celery's own ``store_result`` costs two
 round trips per job (it reads the key first); a batch of 64 would pay 128.
 Queued on the batch's pipeline, ahead of the records' ends, they cost none of
-their own, and Redis applies them first.
+their own, and Redis applies them first. The text is orjson's where it means
+the same as the backend's encoder would write (``gpu_worker.fast_json``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 from celery import states
 
+from gpu_worker.fast_json import dumps_like
 from tasks.pipelined import Pipelined
 
 __all__ = ["encode_result", "queue_results"]
@@ -27,7 +29,7 @@ def encode_result(backend: Any, job_id: str, result: Any) -> bytes | str:
     """
     meta = backend._get_result_meta(result=result, state=states.SUCCESS, traceback=None, request=None)
     meta["task_id"] = job_id
-    return backend.encode(meta)
+    return dumps_like(meta, backend.encode)
 
 
 def queue_results(batch: Pipelined, backend: Any, encoded: dict[str, bytes | str]) -> None:
