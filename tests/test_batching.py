@@ -458,6 +458,38 @@ def test_the_next_batch_is_claimed_while_the_current_one_runs(make_runner, submi
     assert all(redis_client.get(keys.job_lock(i)) is None for i in ids)
 
 
+class TakesItsTimePerJob(Batcher):
+    """Takes 0.1 s a job; in a batch led by a ``watch`` job, submits three jobs (``submit_behind``)
+    and notes whether they are claimed within 0.5 s, its predict lasting as long as that takes."""
+
+    name = "per-job"
+
+    def predict(self, batch):
+        began = time.monotonic()
+        if batch[0].data.get("watch"):
+            behind = self.submit_behind()
+            self.claimed_meanwhile = _wait_for(
+                lambda: all(self.store.get(i).status == RUNNING for i in behind), 0.5)
+        time.sleep(max(0.0, 0.1 * len(batch) - (time.monotonic() - began)))
+        return super().predict(batch)
+
+
+def test_a_smaller_batch_has_the_next_claimed_before_its_shorter_predict_ends(make_runner, submit, store,
+                                                                            redis_client):
+    runner = make_runner(TakesItsTimePerJob)
+    analyzer = runner.analyzers["per-job"]
+    behind: list[str] = []
+    analyzer.submit_behind = lambda: behind.extend(submit({"n": n}, "per-job") for n in range(3)) or behind
+    # A batch of 8 (0.8 s), then one of 2, whose claim of the next is due by its own size (about
+    # 0.3 s in), not the last batch's 0.8 s: the three jobs it submits are claimed while it runs.
+    ids = [submit({"n": n}, "per-job") for n in range(8)]
+    ids += [submit({"watch": True}, "per-job"), submit({"n": 8}, "per-job")]
+    runner.run(deliver(redis_client, "per-job"))
+    assert analyzer.claimed_meanwhile is True
+    assert batches(redis_client, "per-job") == [ids[:8], ids[8:], behind]
+    assert {store.get(i).status for i in ids + behind} == {"succeeded"}
+
+
 class Interrupted(BaseException):
     """Stands for what no analyzer raises and nothing catches (an interpreter shutting down, say)."""
 
