@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("GPUQ_REDIS_URL", "redis://127.0.0.1:1/0")
 
 from bench.pinned_digits import pin_digits, print_medians  # noqa: E402
-from gpu_worker.results import encode_result  # noqa: E402
+from gpu_worker.results import encode_result, result_meta  # noqa: E402
 from gpu_worker.switch_interval import hand_back_the_gil_sooner  # noqa: E402
 
 MODES = ("alone", "backend", "fast")
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
 
     backend = app.backend
     encoders = {"alone": None,
-                "backend": lambda job_id, result: backend.encode(_meta(backend, job_id, result)),
+                "backend": lambda job_id, result: backend.encode(result_meta(backend, job_id, result)),
                 "fast": lambda job_id, result: encode_result(backend, job_id, result)}
     print(f"digits, {args.jobs} coarse jobs per call; model on core {model.model_core}, recorder on "
           f"{sorted(model.other_cores or {model.model_core})}", flush=True)
@@ -119,14 +119,6 @@ def main(argv: list[str] | None = None) -> int:
             + f"; fast/backend {measured['fast'].frames_per_s / measured['backend'].frames_per_s:.3f}", flush=True)
     print_medians(rounds, MODES, compared=("fast", "backend"), places=3)
     return 0
-
-
-def _meta(backend, job_id: str, result) -> dict:
-    from celery import states
-
-    meta = backend._get_result_meta(result=result, state=states.SUCCESS, traceback=None, request=None)
-    meta["task_id"] = job_id
-    return meta
 
 
 if __name__ == "__main__":

@@ -92,8 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     default_interval = sys.getswitchinterval()
     print(f"digits, {args.jobs} coarse jobs per call; model on core {model.model_core}, helper busy "
           f"{args.busy_share:.0%} of each {PERIOD * 1000:.0f} ms on {sorted(helper_cores or {model.model_core})}; "
-          f"switch interval "
-          f"{default_interval * 1000:g} ms (default) against {SWITCH_INTERVAL * 1000:g} ms", flush=True)
+          f"switch interval {default_interval * 1000:g} ms (default) against {SWITCH_INTERVAL * 1000:g} ms",
+          flush=True)
     rounds: list[dict[str, Measured]] = []
     for round_number in range(1, args.rounds + 1):
         measured: dict[str, Measured] = {}

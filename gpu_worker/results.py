@@ -18,7 +18,14 @@ from celery import states
 from gpu_worker.fast_json import dumps_like
 from tasks.pipelined import Pipelined
 
-__all__ = ["encode_result", "queue_results"]
+__all__ = ["encode_result", "queue_results", "result_meta"]
+
+
+def result_meta(backend: Any, job_id: str, result: Any) -> dict[str, Any]:
+    """What Celery's backend stores for a task of ``job_id`` that returned ``result``, before encoding."""
+    meta = backend._get_result_meta(result=result, state=states.SUCCESS, traceback=None, request=None)
+    meta["task_id"] = job_id
+    return meta
 
 
 def encode_result(backend: Any, job_id: str, result: Any) -> bytes | str:
@@ -27,9 +34,7 @@ def encode_result(backend: Any, job_id: str, result: Any) -> bytes | str:
     Encoding once, here, is also the check that a result can be stored: a large
     result is not turned into JSON twice.
     """
-    meta = backend._get_result_meta(result=result, state=states.SUCCESS, traceback=None, request=None)
-    meta["task_id"] = job_id
-    return dumps_like(meta, backend.encode)
+    return dumps_like(result_meta(backend, job_id, result), backend.encode)
 
 
 def queue_results(batch: Pipelined, backend: Any, encoded: dict[str, bytes | str]) -> None:

@@ -129,8 +129,8 @@ class _PredictPace:
     seconds: float
     input_bytes: int
 
-    def expected_seconds(self, batch: list[_Claimed]) -> float:
-        """How long ``batch``'s ``predict`` should take: the last one's time, less if this batch is smaller.
+    def expected_seconds(self, input_bytes: int) -> float:
+        """How long a batch of ``input_bytes`` should take to ``predict``: the last one's time, less if it is smaller.
 
         Never more: a claim made early only leaves a job that comes later to the batch
         after, where one made after ``predict`` ended keeps the model waiting for it
@@ -139,7 +139,7 @@ class _PredictPace:
         """
         if self.input_bytes <= 0:
             return self.seconds
-        return self.seconds * min(1.0, _input_bytes(batch) / self.input_bytes)
+        return self.seconds * min(1.0, input_bytes / self.input_bytes)
 
 
 def _input_bytes(batch: list[_Claimed]) -> int:
@@ -212,7 +212,8 @@ class JobRunner:
                      if self._may_run_on(analyzer, lead, began) else [])
             while batch:
                 self.handled += [c.job_id for c in batch]
-                expected = pace.expected_seconds(batch)
+                size = _input_bytes(batch)
+                expected = pace.expected_seconds(size)
                 # Judged at this batch's expected end, where the next one starts: the task still
                 # hands back to Celery about its run-on time after it began, not a batch later.
                 if self._may_run_on(analyzer, lead, began - expected):
@@ -225,7 +226,7 @@ class JobRunner:
                 previous, recording = recording, None
                 self._settle(batch, partial(self._wait_recorded, previous), claiming)
                 recording = _Recording(batch, self._recorder().submit(self._record_batch, analyzer, batch, ran))
-                pace = _PredictPace(ran.seconds, _input_bytes(batch))
+                pace = _PredictPace(ran.seconds, size)
                 batch = self._settle([], claiming.future.result, claiming) if claiming is not None else []
                 if ran.timed_out:  # the task's time is up: the batch claimed next is the janitor's
                     if batch:
