@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from flask import Flask, g, request
+from flask.json.provider import DefaultJSONProvider
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.retry import Retry
@@ -19,7 +20,7 @@ from api.metrics import metrics
 from api.openapi import openapi
 from api.ratelimit import install_rate_limit
 from api.services import Services
-from tasks import logs
+from tasks import logs, strict_json
 from tasks.app import create_celery
 from tasks.jobs import JobStore
 from tasks.settings import Settings
@@ -32,6 +33,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or Settings.from_env()
     app = Flask("gpuq")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
+    app.json = _StrictJSONProvider(app)
     app.json.sort_keys = False
     # Fail fast when Redis is away (503 within seconds, never a hang), but retry
     # once on a broken pooled connection, as every one is after a Redis restart.
@@ -58,6 +60,14 @@ def create_app(settings: Settings | None = None) -> Flask:
     _tag_job_log_lines(app)
     logging.getLogger("gpuq").setLevel(logging.INFO)
     return app
+
+
+class _StrictJSONProvider(DefaultJSONProvider):
+    """Request bodies are read as the workers read inputs (``tasks.strict_json``): bounded depth,
+    finite numbers; what it refuses is a ``ValueError``, so ``get_json(silent=True)`` gives None."""
+
+    def loads(self, s: str | bytes, **kwargs):
+        return strict_json.loads(s)
 
 
 def _tag_job_log_lines(app: Flask) -> None:

@@ -1,7 +1,9 @@
 """API errors: one root type, a few kinds, mapped to HTTP in one place.
 
 Every error body is ``{"error": {"code", "message", "field"}}``; no response
-ever carries a traceback.
+ever carries a traceback. Every 5xx means that nothing was enqueued, except
+``503 outcome_unknown``, whose body names the job (``error.id``) that Redis
+may or may not have accepted.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 __all__ = ["ApiError", "BadRequest", "Conflict", "Gone", "NotFound", "PayloadTooLarge",
-           "ServiceUnavailable", "TooManyRequests", "Unauthorized", "UnprocessableEntity", "UnsupportedMediaType",
+           "OutcomeUnknown", "ServiceUnavailable", "TooManyRequests", "Unauthorized", "UnprocessableEntity",
+           "UnsupportedMediaType",
            "register_error_handlers"]
 
 log = logging.getLogger(__name__)
@@ -89,6 +92,21 @@ class ServiceUnavailable(ApiError):
     status, code = 503, "unavailable"
 
 
+class OutcomeUnknown(ServiceUnavailable):
+    """Raised when a submit reached Redis, or may have, and Redis could not be asked what became of it."""
+    code = "outcome_unknown"
+    retry_after = 5
+
+    def __init__(self, message: str, job_id: str):
+        super().__init__(message, field=None)
+        self.job_id = job_id
+
+    def body(self) -> dict:
+        body = super().body()
+        body["error"]["id"] = self.job_id
+        return body
+
+
 def _respond(error: ApiError, headers: dict | None = None):
     response = jsonify(error.body())
     response.status_code = error.status
@@ -104,6 +122,8 @@ def register_error_handlers(app: Flask) -> None:
         headers = {"Retry-After": str(retry_after)} if retry_after else {}
         if isinstance(error, Unauthorized):
             headers["WWW-Authenticate"] = 'Bearer realm="gpuq"'
+        if isinstance(error, OutcomeUnknown):
+            headers["Location"] = f"/v1/jobs/{error.job_id}"
         return _respond(error, headers)
 
     @app.errorhandler(RequestEntityTooLarge)

@@ -8,14 +8,14 @@ from functools import partial
 from flask import Blueprint, request
 
 from api.auth import current_tenant
-from api.errors import BadRequest, Conflict, Gone, NotFound, TooManyRequests, UnprocessableEntity
+from api.errors import BadRequest, Conflict, Gone, NotFound, OutcomeUnknown, TooManyRequests, UnprocessableEntity
 from api.render import job_object
 from api.services import services
 from api.standing import standing
 from api.validation import parse_submission
 from api.waiting import wait_for_terminal
 from api.webhook_url import webhook_from_request
-from tasks.jobs import CANCELED, CANCELING, QUEUED, RUNNING, SUCCEEDED, JobRecord
+from tasks.jobs import CANCELED, CANCELING, SUCCEEDED, JobRecord
 from tasks.submission import IdempotencyConflict, QueueFull, TenantQueueFull, submit_job
 
 __all__ = ["jobs"]
@@ -54,6 +54,9 @@ def create_job():
                               code="tenant_queue_full") from None
     except IdempotencyConflict as conflict:
         raise UnprocessableEntity(str(conflict), field="Idempotency-Key", code="idempotency_key_reused") from None
+    except submission.OutcomeUnknown as unknown:
+        raise OutcomeUnknown(f"{unknown}; look the job up, or send the request again with the same "
+                             "Idempotency-Key", job_id=unknown.job_id) from None
     headers = {"Location": f"/v1/jobs/{accepted.job_id}"}
     if accepted.replayed:
         headers["Idempotent-Replayed"] = "true"
@@ -91,18 +94,17 @@ def cancel_job(job_id: str):
     record = visible_job(svc.jobs.get(job_id), job_id)
     # A queued job is canceled outright; the worker checks the record before
     # running, so it is skipped even if its message is already reserved.
-    if svc.jobs.finish(job_id, CANCELED, [QUEUED], error=None):
+    outcome, status = svc.jobs.lifecycle.cancel(job_id)
+    if outcome == CANCELED:
         svc.celery.control.revoke(job_id)
+    elif outcome == CANCELING:
+        # The worker's parent kills the pool child running it and marks it canceled.
+        svc.celery.control.revoke(job_id, terminate=True, signal="SIGKILL")
+    elif status in (CANCELING, CANCELED):
+        pass  # asked twice: answer as the first time
     else:
-        written, status = svc.jobs.transition(job_id, [RUNNING], CANCELING)
-        if written:
-            # The worker's parent kills the pool child running it and marks it canceled.
-            svc.celery.control.revoke(job_id, terminate=True, signal="SIGKILL")
-        elif status in (CANCELING, CANCELED):
-            pass  # asked twice: answer as the first time
-        else:
-            raise Conflict(f"job {job_id} has already {record.status if status is None else status}",
-                           field="id", code="already_finished")
+        raise Conflict(f"job {job_id} has already {record.status if status is None else status}",
+                       field="id", code="already_finished")
     return job_object(visible_job(svc.jobs.get(job_id), job_id)), 202
 
 

@@ -16,9 +16,11 @@ from typing import Any
 import jsonschema_rs
 from flask import Request
 from jsonschema import Draft202012Validator
+from werkzeug.exceptions import BadRequest as WerkzeugBadRequest
 
 from api.errors import BadRequest, PayloadTooLarge, UnprocessableEntity, UnsupportedMediaType
 from api.form import Upload, submitted_form
+from tasks import strict_json
 from tasks.media import sniff_media_type
 
 __all__ = ["Submission", "parse_submission"]
@@ -51,9 +53,14 @@ def parse_submission(request: Request, lookup_spec: SpecLookup, known_names: Cal
         json_input = _json_field(raw_input, "input") if raw_input not in (None, "") else _MISSING
         upload = form.upload
     elif mimetype == JSON_MEDIA_TYPE:
-        body = request.get_json(silent=True)
-        if body is None:
-            raise BadRequest("the body is not valid JSON", field="body", code="malformed_json")
+        try:
+            # Parsed by the app's JSON provider, which is tasks.strict_json (api/__init__.py), and kept
+            # on the request for the other readers of the body (the webhook field, the metrics hook).
+            body = request.get_json()
+        except WerkzeugBadRequest as error:
+            reason = getattr(error.__cause__, "description", None) or error.description
+            raise BadRequest(f"body is not valid JSON: {reason.removeprefix('Failed to decode JSON object: ')}",
+                             field="body", code="malformed_json") from None
         if not isinstance(body, dict):
             raise BadRequest("the body must be a JSON object", field="body")
         analyzer = body.get("analyzer")
@@ -79,11 +86,12 @@ def parse_submission(request: Request, lookup_spec: SpecLookup, known_names: Cal
                       spec=spec)
 
 
-def _json_field(raw: str, field: str) -> Any:
+def _json_field(raw: str | bytes, field: str) -> Any:
+    """``raw`` decoded as the workers will decode it (``tasks.strict_json``): what is taken here, they can read."""
     try:
-        return json.loads(raw)
-    except ValueError:
-        raise BadRequest(f"{field} is not valid JSON", field=field, code="malformed_json") from None
+        return strict_json.loads(raw)
+    except strict_json.UnacceptableJson as error:
+        raise BadRequest(f"{field} is not valid JSON: {error}", field=field, code="malformed_json") from None
 
 
 def _analyzer_spec(analyzer: Any, lookup_spec: SpecLookup, known_names: Callable[[], list[str]]) -> dict[str, Any]:

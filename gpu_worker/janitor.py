@@ -5,7 +5,9 @@ hash until the visibility timeout (hours, by design: it must exceed the
 longest job). Rather than wait that long, every worker's main process sweeps:
 
 - jobs marked running whose lock holder has been dead for a full heartbeat
-  TTL are put back to ``queued`` and their message pushed again, in one script;
+  TTL are put back to ``queued`` and their message pushed again, in one script
+  that also revokes the lost run's fencing token (``tasks.lifecycle``): if
+  that run was only paused or cut off, nothing it writes later is accepted;
 - messages unacknowledged for that long whose job is still ``queued`` were
   taken by a worker that died before starting them (a live worker starts what
   it takes at once): they go back to their queue, as kombu's own restore would;
@@ -35,46 +37,6 @@ __all__ = ["Janitor"]
 
 log = logging.getLogger("gpuq.janitor")
 
-# KEYS: job, lock, queue, running set, events, queued index, queue sequence.
-# ARGV: lock holder seen dead ('' for none), message, job id.
-_REQUEUE = """
-if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
-if (redis.call('GET', KEYS[2]) or '') ~= ARGV[1] then return 0 end
-redis.call('DEL', KEYS[2])
-redis.call('HSET', KEYS[1], 'status', 'queued', 'worker', '', 'device', '', 'progress', '')
-redis.call('SREM', KEYS[4], ARGV[3])
-redis.call('LPUSH', KEYS[3], ARGV[2])
-redis.call('ZADD', KEYS[6], redis.call('INCR', KEYS[7]), ARGV[3])
-redis.call('PUBLISH', KEYS[5], 'queued')
-return 1
-"""
-
-
-# KEYS: unacked hash, unacked index, queue, queued index, queue sequence.
-# ARGV: delivery tag, the message to push back ('' drops it), job id.
-# Moves (or drops) one unacknowledged message, unless its consumer acked it meanwhile.
-_RESTORE_UNACKED = """
-local raw = redis.call('HGET', KEYS[1], ARGV[1])
-if not raw then return 0 end
-redis.call('HDEL', KEYS[1], ARGV[1])
-redis.call('ZREM', KEYS[2], ARGV[1])
-if ARGV[2] ~= '' then
-  redis.call('LPUSH', KEYS[3], ARGV[2])
-  redis.call('ZADD', KEYS[4], redis.call('INCR', KEYS[5]), ARGV[3])
-end
-return 1
-"""
-
-# KEYS: job, queue, queued index, queue sequence. ARGV: message, job id.
-# Pushes a job's message again if the job is still queued.
-_REPUSH = """
-if redis.call('HGET', KEYS[1], 'status') ~= 'queued' then return 0 end
-redis.call('LPUSH', KEYS[2], ARGV[1])
-redis.call('ZADD', KEYS[3], redis.call('INCR', KEYS[4]), ARGV[2])
-return 1
-"""
-
-
 #: Messages read from a queue's oldest end to find one whose push is numbered.
 _TAIL_PROBE = 20
 
@@ -88,9 +50,7 @@ class Janitor:
         self.interval = interval
         self._suspects: dict[tuple[str, str], float] = {}
         self._lost_suspects: dict[tuple[str, str], float] = {}
-        self._requeue = store.redis.register_script(_REQUEUE)
-        self._restore_unacked = store.redis.register_script(_RESTORE_UNACKED)
-        self._repush = store.redis.register_script(_REPUSH)
+        self.lifecycle = store.lifecycle
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -132,13 +92,12 @@ class Janitor:
             if now - first_seen < self.dead_after and not self._certainly_dead(holder):
                 continue
             if record.status == CANCELING:
-                self.store.finish(job_id, CANCELED, [CANCELING])
-                acted.append(job_id)
+                if self.lifecycle.end_unowned(job_id, CANCELED, [CANCELING]):
+                    acted.append(job_id)
                 continue
             queue = queue_for(record.analyzer)
-            if self._requeue(keys=[keys.job(job_id), keys.job_lock(job_id), queue, keys.RUNNING,
-                                   keys.job_events(job_id), keys.queued_index(queue), keys.queue_sequence(queue)],
-                             args=[holder, job_message(self.celery_app, job_id, record.analyzer, queue), job_id]):
+            if self.lifecycle.requeue(job_id, holder=holder, queue=queue,
+                                      message=job_message(self.celery_app, job_id, record.analyzer, queue)):
                 log.warning("job %s: its worker (%s) is gone; delivered again", job_id, holder or "no lock")
                 acted.append(job_id)
         self._suspects = {k: v for k, v in self._suspects.items() if k in seen}
@@ -170,9 +129,7 @@ class Janitor:
                 push = ""
             else:
                 continue  # running: the lock and the sweep above decide
-            if self._restore_unacked(keys=[keys.KOMBU_UNACKED, keys.KOMBU_UNACKED_INDEX, routing_key,
-                                           keys.queued_index(routing_key), keys.queue_sequence(routing_key)],
-                                     args=[tag, push, job_id]):
+            if self.lifecycle.restore_unacked(tag, queue=routing_key, message=push, job_id=job_id):
                 if push:
                     log.warning("job %s: taken by a worker that died before starting it; back in %s",
                                 job_id, routing_key)
@@ -209,8 +166,7 @@ class Janitor:
                 if now - self._lost_suspects.setdefault(suspect, now) < self.dead_after:
                     continue
                 message = job_message(self.celery_app, job_id, record.analyzer, queue)
-                if self._repush(keys=[keys.job(job_id), queue, index, keys.queue_sequence(queue)],
-                                args=[message, job_id]):
+                if self.lifecycle.repush(job_id, queue=queue, message=message):
                     log.warning("job %s: its message was lost in delivery to a dead worker; pushed again", job_id)
                     acted.append(job_id)
         self._lost_suspects = {k: v for k, v in self._lost_suspects.items() if k in seen}

@@ -26,11 +26,12 @@ _MEASURED = (SUCCEEDED, FAILED)
 
 
 def observe_ended(batch: Pipelined, redis: Redis, record: JobRecord, *, status: str, started_at: float,
-                  finished_at: float, run_seconds: float, batch_size: int | None) -> None:
-    """Queue the observation of a job this worker is ending now as ``status`` on ``batch``."""
+                  finished_at: float, run_seconds: float, batch_size: int | None, token: int | None = None) -> None:
+    """Queue the observation of a job this worker is ending now as ``status`` on ``batch``; with the
+    run's ``token``, only if that run still holds the job (its end was accepted)."""
     metrics.observe_job(redis, record.id, analyzer=record.analyzer, status=status,
                         queue_wait=started_at - record.created_at, run=run_seconds,
-                        total=finished_at - record.created_at, batch_size=batch_size, batch=batch)
+                        total=finished_at - record.created_at, batch_size=batch_size, batch=batch, fence=token)
 
 
 def record_run_seconds(batch: Pipelined, redis: Redis, analyzer: str, run_seconds: float, jobs: int) -> None:

@@ -5,6 +5,10 @@ message, a dead worker's job is delivered again). Whoever runs a job holds
 ``gpuq:lock:{id}`` with its worker name and pid; another copy that finds the
 lock held by a live process stands down. A lock left by a dead process is
 taken over, compare-and-set, so a crash never blocks a job for the lock's TTL.
+
+The lock says which process runs a job, so that the janitor can tell a dead
+run from a live one; what a run may write is decided by its fencing token
+(``tasks.lifecycle``), which the lock's holder does not stand in for.
 """
 
 from __future__ import annotations
@@ -15,17 +19,10 @@ import os
 from redis import Redis
 
 from tasks import keys
+from tasks.lifecycle import Lifecycle
 from tasks.pipelined import Pipelined
 
 __all__ = ["JobLock", "batch_member", "is_batch_member", "owner_of", "parse_owner"]
-
-# KEYS: lock. ARGV: expected holder, new holder ('' deletes), TTL.
-_COMPARE_AND_SET = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-if ARGV[2] == '' then redis.call('DEL', KEYS[1]) else redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3]) end
-return 1
-"""
-
 
 def owner_of(worker: str, pid: int | None = None, main_pid: int | None = None) -> str:
     """``worker|pid|main pid``: the process running the job and the Celery main process above it."""
@@ -56,11 +53,11 @@ def parse_owner(holder: str) -> tuple[str, int, int | None]:
 
 
 class JobLock:
-    def __init__(self, redis: Redis, ttl: int, local_worker: str | None = None):
-        self.redis = redis
+    def __init__(self, lifecycle: Lifecycle, ttl: int, local_worker: str | None = None):
+        self.lifecycle = lifecycle
+        self.redis: Redis = lifecycle.redis
         self.ttl = ttl
         self.local_worker = local_worker
-        self._cas = redis.register_script(_COMPARE_AND_SET)
 
     def holder(self, job_id: str) -> str | None:
         value = self.redis.get(keys.job_lock(job_id))
@@ -73,11 +70,11 @@ class JobLock:
         if holder is None:
             return bool(self.redis.set(keys.job_lock(job_id), owner, nx=True, ex=self.ttl))
         if holder == owner or not self.is_alive(holder):
-            return bool(self._cas(keys=[keys.job_lock(job_id)], args=[holder, owner, self.ttl]))
+            return self.lifecycle.swap_lock(job_id, holder, owner, self.ttl)
         return False
 
     def release(self, job_id: str, owner: str) -> bool:
-        return bool(self._cas(keys=[keys.job_lock(job_id)], args=[owner, "", 0]))
+        return self.lifecycle.swap_lock(job_id, owner, "", 0)
 
     def release_many(self, holders: dict[str, str]) -> None:
         """Release ``{job id: holder}`` in one round trip (each only if still held by that holder)."""
@@ -87,7 +84,7 @@ class JobLock:
         batch.execute()
 
     def queue_release(self, batch: Pipelined, job_id: str, holder: str) -> None:
-        batch.script(self._cas, [keys.job_lock(job_id)], [holder, "", 0])
+        self.lifecycle.queue_release_lock(batch, job_id, holder)
 
     def is_local(self, holder: str) -> bool:
         """Whether ``holder`` was this worker's own process: its pid can then be checked directly."""

@@ -4,9 +4,11 @@ Each result is written exactly as Celery's Redis backend writes a task's
 result (same key, JSON, expiry and pub/sub notice), so ``AsyncResult``,
 Flower and the API read it unchanged. Celery's own ``store_result`` costs two
 round trips per job (it reads the key first); a batch of 64 would pay 128.
-Queued on the batch's pipeline, ahead of the records' ends, they cost none of
-their own, and Redis applies them first. The text is orjson's where it means
-the same as the backend's encoder would write (``gpu_worker.fast_json``).
+Here a result goes with its job's end (``tasks/lua/finish.lua``), in the same
+script: written only when the end is, so a run whose lease was revoked never
+stores one, and the batch's ends go in one round trip. The text is orjson's
+where it means the same as the backend's encoder would write
+(``gpu_worker.fast_json``).
 """
 
 from __future__ import annotations
@@ -16,9 +18,8 @@ from typing import Any
 from celery import states
 
 from gpu_worker.fast_json import dumps_like
-from tasks.pipelined import Pipelined
 
-__all__ = ["encode_result", "queue_results", "result_meta"]
+__all__ = ["encode_result", "result_key", "result_meta", "result_ttl"]
 
 
 def result_meta(backend: Any, job_id: str, result: Any) -> dict[str, Any]:
@@ -37,12 +38,11 @@ def encode_result(backend: Any, job_id: str, result: Any) -> bytes | str:
     return dumps_like(result_meta(backend, job_id, result), backend.encode)
 
 
-def queue_results(batch: Pipelined, backend: Any, encoded: dict[str, bytes | str]) -> None:
-    """Queue ``{job id: encoded result}`` (``encode_result``) as SUCCESS results of the tasks of those ids."""
-    for job_id, value in encoded.items():
-        key = backend.get_key_for_task(job_id)
-        if backend.expires:
-            batch.pipe.setex(key, backend.expires, value)
-        else:
-            batch.pipe.set(key, value)
-        batch.pipe.publish(key, value)
+def result_key(backend: Any, job_id: str) -> str:
+    """Where the backend keeps the result of ``job_id``'s task."""
+    return backend.get_key_for_task(job_id)
+
+
+def result_ttl(backend: Any) -> int:
+    """Seconds a stored result lives (0: for ever), as the backend sets them."""
+    return int(backend.expires or 0)

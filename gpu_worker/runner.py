@@ -21,7 +21,6 @@ discarded.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -39,11 +38,12 @@ from gpu_worker.claims import Claimer
 from gpu_worker.isolation import predict_isolating
 from gpu_worker.job_metrics import observe_ended, record_run_seconds
 from gpu_worker.joblock import JobLock, batch_member, owner_of
-from gpu_worker.progress import ProgressWriter
-from gpu_worker.results import encode_result, queue_results
-from tasks import logs
+from gpu_worker.progress import LeaseLost, ProgressWriter
+from gpu_worker.results import encode_result, result_key, result_ttl
+from tasks import logs, strict_json
 from tasks.app import queue_for
-from tasks.jobs import CANCELED, CANCELING, FAILED, QUEUED, RUNNING, SUCCEEDED, JobRecord, JobStore, parse_transition
+from tasks.jobs import CANCELED, CANCELING, FAILED, RUNNING, SUCCEEDED, JobRecord, JobStore
+from tasks.lifecycle import EndReply
 from tasks.pipelined import Pipelined
 
 __all__ = ["JobFailed", "JobRunner"]
@@ -76,6 +76,11 @@ class _Claimed:
     @property
     def job_id(self) -> str:
         return self.record.id
+
+    @property
+    def token(self) -> int:
+        """This run's fencing token: its writes are accepted only while the job's fence is still this."""
+        return self.record.fence
 
 
 @dataclass
@@ -170,7 +175,8 @@ class JobRunner:
         self._recorder_pool: ThreadPoolExecutor | None = None
         #: How long the last claim made during a batch took (``_claim_during``).
         self._claim_seconds = 0.0
-        self.claimer = Claimer(store.redis, lock_ttl=lock.ttl)
+        self.claimer = Claimer(store, lock_ttl=lock.ttl)
+        self.lifecycle = store.lifecycle
         #: The jobs the last ``run`` took on (the lead first), and those of them it observed for
         #: the metrics itself; the runtime records the others from their records.
         self.handled: list[str] = []
@@ -184,7 +190,7 @@ class JobRunner:
             return
         analyzer = self.analyzers.get(lead.record.analyzer)
         if analyzer is None:
-            self._settle([lead], partial(self._fail, job_id, "no_analyzer",
+            self._settle([lead], partial(self._fail_claimed, lead, "no_analyzer",
                                          f"this worker does not serve analyzer {lead.record.analyzer!r}"))
             return
         batch = [lead, *self._settle([lead], partial(self._gather_members, lead, analyzer))]
@@ -334,11 +340,10 @@ class JobRunner:
                 self.lock.release(job_id, owner)
         if claim.outcome == "claimed":
             return _Claimed(claim.record, owner, started, claim.input, claim.waiting)
-        if claim.outcome == "exhausted":
-            self._fail(job_id, "worker_lost",
-                       f"the worker running this job was lost {claim.attempts - 1} times; giving up")
-        if claim.outcome == CANCELING:
-            self.store.finish(job_id, CANCELED, [CANCELING])
+        if claim.outcome == "exhausted":  # the claim failed the job in the same step
+            raise JobFailed(f"worker_lost: the worker running this job was lost {claim.attempts - 1} times")
+        if claim.outcome == CANCELING:  # its run was stopped before it could end it
+            self.lifecycle.end_unowned(job_id, CANCELED, [CANCELING])
         elif claim.outcome == "absent":
             log.warning("job %s has no record (expired or never accepted); dropping its message", job_id)
         else:
@@ -381,7 +386,10 @@ class JobRunner:
         return self._record_batch(analyzer, batch, self._predict_batch(analyzer, batch))
 
     def _predict_batch(self, analyzer: Analyzer, batch: list[_Claimed]) -> _Ran:
-        """``predict`` on the batch's jobs that have an input; the others' ends are known already."""
+        """``predict`` on the batch's jobs that have a readable input; the others' ends are known already.
+
+        Everything about one job is its own: an input or params that cannot be read fails that
+        job (``invalid_input``), never its batch, and is no attempt of a lost worker."""
         ran = _Ran()
         for claimed in batch:
             if claimed.input is None:
@@ -389,13 +397,20 @@ class JobRunner:
                                                        "the job's input expired before it could run")
                 continue
             record = claimed.record
-            if record.input_media_type == JSON_MEDIA_TYPE:
-                data, media_type = json.loads(claimed.input), None
-            else:
-                data, media_type = claimed.input, record.input_media_type
+            try:
+                if record.unreadable:
+                    raise strict_json.UnacceptableJson(f"its {', '.join(record.unreadable)} could not be read")
+                if record.input_media_type == JSON_MEDIA_TYPE:
+                    data, media_type = strict_json.loads(claimed.input), None
+                else:
+                    data, media_type = claimed.input, record.input_media_type
+            except strict_json.UnacceptableJson as error:
+                ran.endings[claimed.job_id] = _failure("invalid_input", f"the job's input is not acceptable: {error}")
+                continue
             ran.ready.append((claimed, Item(job_id=claimed.job_id, data=data, media_type=media_type,
                                             params=record.params,
-                                            report_progress=ProgressWriter(self.store, claimed.job_id))))
+                                            report_progress=ProgressWriter(self.lifecycle, claimed.job_id,
+                                                                           claimed.token))))
         run_started = time.perf_counter()
         ran.outputs = predict_isolating(analyzer, [item for _, item in ran.ready]) if ran.ready else []
         ran.seconds = time.perf_counter() - run_started
@@ -430,21 +445,20 @@ class JobRunner:
 
     def _end_batch(self, analyzer: Analyzer, batch: list[_Claimed], endings: dict[str, tuple[str, dict[str, Any]]],
                    results: dict[str, Any], run_seconds: float, ran: int) -> _BatchEnd:
-        """Every end write of the batch in one round trip, in the order Redis applies them:
-        results, then records (so one that says succeeded always has its result), then
-        metrics, then the locks; and how many of the analyzer's jobs wait now."""
+        """Every end write of the batch in one round trip: each job's end with its result (one script,
+        fenced by the run's token), its metrics (fenced too), then the locks; and how many of the
+        analyzer's jobs wait now."""
         writes, now = Pipelined(self.store.redis), time.time()
-        queue_results(writes, self.backend, results)
+        key_of, ttl = partial(result_key, self.backend), result_ttl(self.backend)
         finishes = {}
         for claimed in batch:
             status, fields = endings[claimed.job_id]
-            # QUEUED too: a janitor that took this worker for dead may have queued a job
-            # again meanwhile; the outcome in hand is real, and the copy will see it.
-            allowed = [RUNNING, QUEUED] if status == SUCCEEDED else [QUEUED, RUNNING, CANCELING]
-            finishes[claimed.job_id] = self.store.queue_finish(writes, claimed.job_id, status, allowed, fields,
-                                                               now=now)
+            result = results.get(claimed.job_id, b"")
+            finishes[claimed.job_id] = self.lifecycle.queue_finish(
+                writes, claimed.job_id, claimed.token, status, fields, now=now, result=result,
+                result_key=key_of(claimed.job_id) if result else "", result_ttl=ttl)
             observe_ended(writes, self.store.redis, claimed.record, status=status, started_at=claimed.started_at,
-                          finished_at=now, run_seconds=run_seconds, batch_size=ran or None)
+                          finished_at=now, run_seconds=run_seconds, batch_size=ran or None, token=claimed.token)
             self.observed.add(claimed.job_id)
         if results:
             record_run_seconds(writes, self.store.redis, analyzer.name, run_seconds, ran)
@@ -457,20 +471,39 @@ class JobRunner:
         replies = writes.execute()
         waiting, *others_waiting = (int(n) for n in replies[-len(queues):])
         self._others_waiting = sum(others_waiting)
-        canceled = [job_id for job_id, index in finishes.items()
-                    if parse_transition(replies[index]) == (False, CANCELING)]
-        if canceled:  # canceled while the batch ran: the result is discarded
-            self.store.finish_many([(job_id, CANCELED, [CANCELING], {}) for job_id in canceled])
-        first = batch[0].job_id
-        status, fields = endings[first]
+        written = {job_id: self.lifecycle.parse_end(replies[index]) for job_id, index in finishes.items()}
+        for claimed in batch:
+            self._report_refused(claimed, written[claimed.job_id])
+        first = batch[0]
+        status, fields = endings[first.job_id]
         failure = None
-        if status == FAILED and first not in canceled:
+        if status == FAILED and written[first.job_id].status == FAILED:
             failure = f"{fields['error']['code']}: {fields['error']['message']}"
         return _BatchEnd(failure=failure, waiting=waiting, predict_seconds=run_seconds)
 
-    def _fail(self, job_id: str, code: str, message: str) -> None:
-        self.store.finish(job_id, FAILED, [QUEUED, RUNNING, CANCELING], error={"code": code, "message": message})
-        raise JobFailed(f"{code}: {message}")
+    @staticmethod
+    def _report_refused(claimed: _Claimed, end: EndReply) -> None:
+        """Log an end the job state machine refused: its result is discarded, whatever it was."""
+        if end.written:
+            return
+        with logs.job_context(claimed.job_id):
+            if end.lease_lost(claimed.token):
+                log.warning("job %s: this run's lease was revoked (its token %d, the job's now %s; the job is "
+                            "%s): its end and result are discarded", claimed.job_id, claimed.token, end.fence,
+                            end.status)
+            else:
+                log.info("job %s: already %s when this run ended; its end is discarded", claimed.job_id, end.status)
+
+    def _fail_claimed(self, claimed: _Claimed, code: str, message: str) -> None:
+        """End a claimed job as failed before it ran; raises ``JobFailed`` if that end was written."""
+        writes = Pipelined(self.store.redis)
+        index = self.lifecycle.queue_finish(writes, claimed.job_id, claimed.token, FAILED,
+                                            {"error": {"code": code, "message": message}}, now=time.time())
+        self.lock.queue_release(writes, claimed.job_id, claimed.holder)
+        end = self.lifecycle.parse_end(writes.execute()[index])
+        self._report_refused(claimed, end)
+        if end.written:
+            raise JobFailed(f"{code}: {message}")
 
 
 def _failure(code: str, message: str) -> tuple[str, dict[str, Any]]:
@@ -478,6 +511,8 @@ def _failure(code: str, message: str) -> tuple[str, dict[str, Any]]:
 
 
 def _classify(error: BaseException) -> tuple[str, str]:
+    if isinstance(error, LeaseLost):  # refused at its end like everything else this run writes
+        return "lease_lost", str(error)
     if isinstance(error, AnalyzerError):
         return error.code, str(error)
     if isinstance(error, SoftTimeLimitExceeded):

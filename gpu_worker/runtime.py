@@ -91,7 +91,7 @@ class WorkerRuntime:
         redis = worker_redis(settings)
         store = JobStore(redis, result_ttl=settings.result_ttl, tombstone_ttl=settings.tombstone_ttl,
                          input_ttl=settings.input_ttl)
-        lock = JobLock(redis, ttl=settings.job_time_limit + 120, local_worker=name)
+        lock = JobLock(store.lifecycle, ttl=settings.job_time_limit + 120, local_worker=name)
         # A task runs on with more batches for 5 s at most, 1 s once the worker's other
         # analyzers have jobs waiting, and never for more than a twentieth of the time limit,
         # which counts from the task's start: a batch that runs on keeps nearly all of it.

@@ -96,7 +96,7 @@ def _parent_store() -> JobStore:
 
 @lru_cache(maxsize=1)
 def _parent_lock() -> JobLock:
-    return JobLock(_parent_store().redis, ttl=_settings.job_time_limit + 120, local_worker=worker_name())
+    return JobLock(_parent_store().lifecycle, ttl=_settings.job_time_limit + 120, local_worker=worker_name())
 
 
 def _release_dead_childs_lock(job_id: str) -> None:
@@ -118,7 +118,7 @@ def _start_janitor(**_) -> None:
 @signals.task_revoked.connect
 def _record_cancel(request=None, terminated=False, **_) -> None:
     if request is not None:
-        _parent_store().finish(request.id, CANCELED, [CANCELING, RUNNING, QUEUED])
+        _parent_store().lifecycle.end_unowned(request.id, CANCELED, [CANCELING, RUNNING, QUEUED])
         _release_dead_childs_lock(request.id)
 
 
@@ -132,5 +132,9 @@ def _record_lost_or_timed_out(task_id=None, exception=None, **_) -> None:
         code, message = "timeout", f"the job ran past its hard time limit ({_settings.job_time_limit}s)"
     else:
         return
-    _parent_store().finish(task_id, FAILED, [RUNNING, CANCELING], error={"code": code, "message": message})
-    _release_dead_childs_lock(task_id)
+    # Only the run this process's child held: if the job was given to another worker meanwhile (the
+    # child was paused past a heartbeat TTL, say), that run's outcome is the one that counts.
+    holder = _parent_lock().holder(task_id)
+    if holder and _parent_lock().is_local(holder) and not _parent_lock().is_alive(holder):
+        _parent_store().lifecycle.end_unowned(task_id, FAILED, [RUNNING, CANCELING], holder=holder,
+                                              error={"code": code, "message": message})

@@ -90,3 +90,8 @@ def tenant_queued(tenant: str) -> str:
 def rate_window(tenant: str, window: int) -> str:
     """Requests of a tenant in one fixed window of its rate limit."""
     return f"{PREFIX}rate:{tenant}:{window}"
+
+
+def void_submit(job_id: str) -> str:
+    """Set when the API gave up on a submit of this id: its script, if it still reaches Redis, refuses."""
+    return f"{PREFIX}void:{job_id}"

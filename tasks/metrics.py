@@ -78,17 +78,20 @@ COUNTERS = (JOBS_ACCEPTED, JOBS_REJECTED)
 HISTOGRAMS = (QUEUE_WAIT, RUN_TIME, TOTAL_TIME, BATCH_SIZE)
 
 # KEYS[1]: the job's hash (its record); KEYS[2..]: one histogram hash each.
-# ARGV[1]: the status the record must have; then per histogram, a triple (labels, bucket index, value).
+# ARGV[1]: the status the record must have; ARGV[2]: the fence it must have ('' any: see
+# tasks/lifecycle.py); then per histogram, a triple (labels, bucket index, value).
 # A job is observed once: a redelivered message, or a second look at a job
 # another process finished, finds the mark and adds nothing. The mark lives in
 # the job's own hash so that it expires with it; a vanished record is skipped
 # rather than re-created without a TTL, and so is a record whose status is not
-# the one observed (its end was written by someone else).
+# the one observed (its end was written by someone else), or whose fence is not the observing
+# run's token (that run lost the job: its end was refused).
 _OBSERVE = """
 if redis.call('HGET', KEYS[1], 'status') ~= ARGV[1] then return 0 end
+if ARGV[2] ~= '' and redis.call('HGET', KEYS[1], 'fence') ~= ARGV[2] then return 0 end
 if redis.call('HSETNX', KEYS[1], 'metrics_observed', '1') == 0 then return 0 end
 for i = 2, #KEYS do
-  local base = (i - 2) * 3 + 1
+  local base = (i - 2) * 3 + 2
   local labels = ARGV[base + 1]
   redis.call('HINCRBY', KEYS[i], labels .. '|' .. ARGV[base + 2], 1)
   redis.call('HINCRBYFLOAT', KEYS[i], labels .. '|sum', ARGV[base + 3])
@@ -121,7 +124,7 @@ def count(redis: Redis, counter: Counter, *labels: str, amount: int = 1) -> None
 
 def observe_job(redis: Redis, job_id: str, *, analyzer: str, status: str, queue_wait: float | None,
                 run: float | None, total: float | None, batch_size: int | None,
-                batch: Pipelined | None = None) -> bool:
+                batch: Pipelined | None = None, fence: int | None = None) -> bool:
     """Record one finished job (whose record says ``status``) in the histograms, once.
 
     Returns True when this call recorded it; with ``batch`` the write is queued
@@ -134,7 +137,7 @@ def observe_job(redis: Redis, job_id: str, *, analyzer: str, status: str, queue_
         (BATCH_SIZE, (analyzer,), batch_size),
     ]
     hist_keys: list[str] = []
-    args: list[Any] = [status]
+    args: list[Any] = [status, "" if fence is None else fence]
     for histogram, labels, value in observations:
         if value is None:
             continue

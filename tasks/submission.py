@@ -2,19 +2,29 @@
 
 The input bytes never ride in the broker message: they are stored under
 their own key with a TTL and the message carries only the job id. One Lua
-script checks the idempotency key and the queue's depth, then writes the
-record, the input and the message together, so a 202 means all three are in
-Redis and no crash can leave one without the others. A large input is the
-exception to "together": it is written by a plain SET sent just before the
-script, in the same write, and the script writes the record and message only
-if it finds it there. A crash between the two can then leave an input that
+script (``tasks/lua/accept.lua``, the ``queued`` transition) checks the
+idempotency key and the queue's depth, then writes the record, the input and
+the message together, so a 202 means all three are in Redis and no crash
+can leave one without the others. A large input is the exception to
+"together": it is written by a plain SET sent just before the script, in the
+same write, and the script writes the record and message only if it finds it
+there. A crash between the two can then leave an input that
 no job names; it expires with the input TTL.
+
+The job id is chosen before the script is sent. When Redis does not answer in
+time, the script may still have run, or may still run later (it waits in a
+stalled Redis's socket): the caller asks Redis again, on a fresh connection,
+for a bounded time, and either finds the job or voids its id so that the
+script, should it ever arrive, refuses it (``tasks/lua/void.lua``). Only when
+Redis cannot be asked at all is the outcome unknown, and then the caller says
+so, with the id (``OutcomeUnknown``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from dataclasses import dataclass
 from functools import lru_cache
@@ -22,6 +32,8 @@ from typing import Any
 
 from celery import Celery
 from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from tasks import keys
 from tasks import metrics as job_metrics
@@ -29,77 +41,17 @@ from tasks.app import queue_for
 from tasks.batched_script import BatchedScript
 from tasks.ids import random_uuid
 from tasks.jobs import QUEUED, JobRecord, JobStore, encode_fields
+from tasks.lifecycle import accept_script
 from tasks.publish import job_message
 
-__all__ = ["Accepted", "IdempotencyConflict", "QueueFull", "TenantQueueFull", "submit_job"]
+__all__ = ["Accepted", "IdempotencyConflict", "OutcomeUnknown", "QueueFull", "TenantQueueFull", "submit_job"]
 
-# KEYS: job, input, queue, idempotency key (ignored when ARGV[7] is empty),
-#       the queue's index of queued jobs, the queue's sequence counter,
-#       the tenant's index of jobs, the tenant's set of queued jobs, the accepted-jobs counter's hash.
-# ARGV: record fields (JSON object of strings), record TTL, input bytes, input TTL,
-#       message, queue depth limit (0: none), idempotency value, idempotency TTL, job id,
-#       tenant's queued-jobs limit (0: none), created time, job key prefix, oldest created time kept,
-#       the counter's field (its labels), '1' when the input was staged (ARGV[3] then empty).
-# A large input is staged: SET by a plain command sent just before this script on the same
-# connection (a Lua argument of 100 KB costs Redis 2.5 times what a SET of it does). The script then
-# writes nothing unless it is there, and deletes it when it refuses the job, so a refused upload
-# leaves nothing behind.
-_SUBMIT = """
-local staged = ARGV[15] == '1'
-local function refuse(reason, detail)
-  if staged then redis.call('DEL', KEYS[2]) end
-  return {reason, detail}
-end
-if ARGV[7] ~= '' then
-  local existing = redis.call('GET', KEYS[4])
-  if existing then return refuse('existing', existing) end
-end
-local limit = tonumber(ARGV[6])
-if limit > 0 then
-  local depth = redis.call('LLEN', KEYS[3])
-  if depth >= limit then return refuse('full', tostring(depth)) end
-end
-local tenant_limit = tonumber(ARGV[10])
-if tenant_limit > 0 and redis.call('SCARD', KEYS[8]) >= tenant_limit then
-  -- Jobs leave the queued state (start, cancel, expiry) without telling this
-  -- set, so it is swept only here, when it looks full: a cost paid by a tenant
-  -- at its limit, never by the others. (Job keys are built from ARGV[12]: gpuq
-  -- runs on one Redis, not a cluster.)
-  for _, id in ipairs(redis.call('SMEMBERS', KEYS[8])) do
-    if redis.call('HGET', ARGV[12] .. id, 'status') ~= 'queued' then redis.call('SREM', KEYS[8], id) end
-  end
-  local queued = redis.call('SCARD', KEYS[8])
-  if queued >= tenant_limit then return refuse('tenant_full', tostring(queued)) end
-end
-if staged then
-  if redis.call('EXISTS', KEYS[2]) == 0 then return {'input_lost', ''} end
-else
-  redis.call('SET', KEYS[2], ARGV[3], 'EX', ARGV[4])
-end
-local fields = cjson.decode(ARGV[1])
-local flat = {}
-for k, v in pairs(fields) do
-  flat[#flat + 1] = k
-  flat[#flat + 1] = v
-end
-redis.call('HSET', KEYS[1], unpack(flat))
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-redis.call('LPUSH', KEYS[3], ARGV[5])
-redis.call('ZADD', KEYS[5], redis.call('INCR', KEYS[6]), ARGV[9])
-if ARGV[7] ~= '' then redis.call('SET', KEYS[4], ARGV[7], 'EX', ARGV[8]) end
--- The tenant's index outlives no record it names for long: entries older than
--- any record can be are trimmed, and an idle tenant's keys expire.
-redis.call('ZADD', KEYS[7], ARGV[11], ARGV[9])
-redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', '(' .. ARGV[13])
-redis.call('EXPIRE', KEYS[7], ARGV[2])
-redis.call('SADD', KEYS[8], ARGV[9])
-redis.call('EXPIRE', KEYS[8], ARGV[2])
--- Counted here rather than by a request hook after the answer: no round trip of
--- its own, and a job is counted exactly when it is written.
-redis.call('HINCRBY', KEYS[9], ARGV[14], 1)
-return {'created', ''}
-"""
+log = logging.getLogger("gpuq.submission")
 
+#: Seconds spent learning what became of a submit whose reply never came, after its own timeout.
+OUTCOME_WAIT = 4.0
+#: Pause between two tries at learning it.
+_OUTCOME_RETRY = 0.25
 
 class QueueFull(Exception):
     """Raised when the analyzer's queue is at its depth limit; nothing was written."""
@@ -121,6 +73,16 @@ class IdempotencyConflict(Exception):
     """Raised when an idempotency key is reused with a different request."""
 
 
+class OutcomeUnknown(Exception):
+    """Raised when a submit's script was sent, no reply came, and Redis could not be asked since:
+    the job ``job_id`` may exist (and run) or not. Look it up later; a retry with the same
+    idempotency key makes no second job."""
+
+    def __init__(self, job_id: str, cause: BaseException):
+        super().__init__(f"Redis did not answer in time; job {job_id} may or may not have been accepted ({cause})")
+        self.job_id = job_id
+
+
 @dataclass(frozen=True)
 class Accepted:
     job_id: str
@@ -128,7 +90,7 @@ class Accepted:
     replayed: bool
 
 
-#: Inputs above this size are staged (see _SUBMIT): below it, the extra command costs more than it saves.
+#: Inputs above this size are staged (see tasks/lua/accept.lua): below it, the extra command costs more than it saves.
 STAGE_INPUT_BYTES = 8 * 1024
 
 
@@ -136,7 +98,7 @@ STAGE_INPUT_BYTES = 8 * 1024
 def _submit_script(redis: Redis) -> BatchedScript:
     """One per client, shared by every thread that submits through it: the submits an API process's
     threads make at the same moment travel together (tasks/batched_script.py)."""
-    return BatchedScript(redis, _SUBMIT)
+    return BatchedScript(redis, accept_script().source)
 
 
 @lru_cache(maxsize=256)
@@ -172,26 +134,36 @@ def submit_job(store: JobStore, celery_app: Celery, *, analyzer: str, input_byte
     fields = {k: v for k, v in record.__dict__.items() if v is not None}
     input_key = keys.job_input(record.id)
     staged = len(input_bytes) > STAGE_INPUT_BYTES
-    status, detail = _submit_script(store.redis)(
+    script_keys, script_args = accept_script().order(
         # Idempotency keys are the tenant's own: another tenant's same key is another job.
-        keys=[keys.job(record.id), input_key, queue,
-              keys.idempotency(f"{tenant}:{idempotency_key}" if idempotency_key else ""),
-              keys.queued_index(queue), keys.queue_sequence(queue),
-              keys.tenant_jobs(tenant), keys.tenant_queued(tenant), keys.metric(job_metrics.JOBS_ACCEPTED.name)],
-        args=[json.dumps(encode_fields(fields)), store.queued_record_ttl, b"" if staged else input_bytes,
-              store.input_ttl,
-              job_message(celery_app, record.id, analyzer, queue), max_queue_depth,
-              f"{fingerprint}|{record.id}" if idempotency_key else "", store.queued_record_ttl, record.id,
-              tenant_max_queued, repr(record.created_at), keys.job(""),
-              repr(record.created_at - store.queued_record_ttl),
-              _accepted_field(analyzer), "1" if staged else ""],
-        staged=[("SET", input_key, input_bytes, "EX", store.input_ttl)] if staged else (),
-    )
+        keys={"job": keys.job(record.id), "input": input_key, "queue": queue,
+              "idempotency": keys.idempotency(f"{tenant}:{idempotency_key}" if idempotency_key else ""),
+              "queued_index": keys.queued_index(queue), "sequence": keys.queue_sequence(queue),
+              "tenant_jobs": keys.tenant_jobs(tenant), "tenant_queued": keys.tenant_queued(tenant),
+              "accepted_counter": keys.metric(job_metrics.JOBS_ACCEPTED.name), "void": keys.void_submit(record.id)},
+        args={"fields": json.dumps(encode_fields(fields)), "record_ttl": store.queued_record_ttl,
+              "input": b"" if staged else input_bytes, "input_ttl": store.input_ttl,
+              "message": job_message(celery_app, record.id, analyzer, queue), "queue_limit": max_queue_depth,
+              "idempotency": f"{fingerprint}|{record.id}" if idempotency_key else "",
+              "idempotency_ttl": store.queued_record_ttl, "id": record.id, "tenant_limit": tenant_max_queued,
+              "created_at": repr(record.created_at), "job_prefix": keys.job(""),
+              "oldest_kept": repr(record.created_at - store.queued_record_ttl),
+              "counter_field": _accepted_field(analyzer), "staged": "1" if staged else ""})
+    try:
+        status, detail = _submit_script(store.redis)(
+            keys=script_keys, args=script_args,
+            staged=[("SET", input_key, input_bytes, "EX", store.input_ttl)] if staged else ())
+    except (RedisTimeoutError, RedisConnectionError) as error:
+        if not _ran(store, record.id, error):
+            raise  # nothing was enqueued, and nothing will be
+        return Accepted(job_id=record.id, record=record, replayed=False)
     status, detail = status.decode(), detail.decode()
     if status == "full":
         raise QueueFull(analyzer, int(detail), max_queue_depth)
     if status == "tenant_full":
         raise TenantQueueFull(tenant, int(detail), tenant_max_queued)
+    if status == "voided":  # a call sent again after its id was voided: refused, as promised
+        raise RedisTimeoutError(f"the submit of job {record.id} was given up; nothing was written")
     if status == "input_lost":
         raise RuntimeError(f"the input of job {record.id} was not in Redis when its submit ran; nothing was written")
     if status == "existing":
@@ -200,3 +172,21 @@ def submit_job(store: JobStore, celery_app: Celery, *, analyzer: str, input_byte
             raise IdempotencyConflict(f"Idempotency-Key {idempotency_key!r} was used for a different request")
         return Accepted(job_id=job_id, record=None, replayed=True)
     return Accepted(job_id=record.id, record=record, replayed=False)
+
+
+def _ran(store: JobStore, job_id: str, error: BaseException) -> bool:
+    """Whether the submit of ``job_id``, whose reply never came, wrote its job: ask Redis until it answers
+    (``OUTCOME_WAIT`` at most), voiding the id if it did not. Raises ``OutcomeUnknown`` if Redis never answers."""
+    deadline = time.monotonic() + OUTCOME_WAIT
+    while True:
+        try:
+            outcome = store.lifecycle.void(job_id)
+        except (RedisTimeoutError, RedisConnectionError) as again:
+            if time.monotonic() + _OUTCOME_RETRY >= deadline:
+                log.warning("job %s: submit outcome unknown: %s, then %s", job_id, error, again)
+                raise OutcomeUnknown(job_id, again) from error
+            time.sleep(_OUTCOME_RETRY)
+            continue
+        log.warning("job %s: no reply to its submit (%s); Redis says it %s", job_id, error,
+                    "ran" if outcome == "exists" else "never will (voided)")
+        return outcome == "exists"

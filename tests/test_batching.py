@@ -30,7 +30,7 @@ class CancelsOneMidBatch(Batcher):
     def predict(self, batch):
         for item in batch:
             if item.data.get("cancel_me"):
-                self.store.transition(item.job_id, [RUNNING], CANCELING)
+                assert self.store.lifecycle.cancel(item.job_id) == (CANCELING, None)
         return super().predict(batch)
 
 
@@ -48,7 +48,7 @@ def make_runner(store, celery_app, redis_client):
         redis_client.delete(f"test:batches:{analyzer.name}", queue_for(analyzer.name))
         return JobRunner(store, celery_app.backend, {analyzer.name: analyzer}, worker="batch-test",
                          device_label="cpu", max_attempts=3,
-                         lock=JobLock(redis_client, ttl=60, local_worker="batch-test"), batching=batching)
+                         lock=JobLock(store.lifecycle, ttl=60, local_worker="batch-test"), batching=batching)
     return make
 
 
@@ -151,7 +151,7 @@ def test_the_lead_failing_fails_its_celery_task_after_the_batch_is_recorded(make
 def test_a_job_canceled_while_queued_is_left_out(make_runner, submit, store, redis_client):
     runner = make_runner()
     ids = [submit({"n": n}) for n in range(3)]
-    assert store.finish(ids[1], CANCELED, [QUEUED])  # what DELETE does to a queued job
+    assert store.lifecycle.cancel(ids[1]) == (CANCELED, None)  # what DELETE does to a queued job
     runner.run(deliver(redis_client))
     assert batches(redis_client) == [[ids[0], ids[2]]]
     assert store.get(ids[1]).status == CANCELED and store.get(ids[1]).attempts == 0

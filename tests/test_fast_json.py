@@ -9,6 +9,7 @@ import json
 import math
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -19,8 +20,10 @@ from kombu.utils.json import dumps as kombu_dumps
 from kombu.utils.json import loads as kombu_loads
 
 from gpu_worker.fast_json import dumps_like
-from gpu_worker.results import encode_result, queue_results
+from gpu_worker.results import encode_result, result_key, result_ttl
+from tasks.jobs import JobStore
 from tasks.pipelined import Pipelined
+from tasks.submission import submit_job
 
 
 class Colour(enum.Enum):
@@ -103,19 +106,28 @@ def test_what_neither_can_encode_still_raises():
 
 def test_a_stored_result_reads_back_through_celery_as_the_backend_would_give_it(celery_app, redis_client):
     backend = celery_app.backend
-    results = {"fast-json-plain": {"frames": [{"digit": 3, "confidence": 0.5}], "count": 1},
-               "fast-json-nan": {"confidence": float("nan")},
-               "fast-json-uuid": {"id": uuid.UUID(int=9)}}
-    encoded = {job_id: encode_result(backend, job_id, result) for job_id, result in results.items()}
-    assert isinstance(encoded["fast-json-plain"], bytes)
-    assert isinstance(encoded["fast-json-nan"], str) and isinstance(encoded["fast-json-uuid"], str)
+    store = JobStore(redis_client, result_ttl=600, tombstone_ttl=600, input_ttl=600)
+    values = {"plain": {"frames": [{"digit": 3, "confidence": 0.5}], "count": 1},
+              "nan": {"confidence": float("nan")},
+              "uuid": {"id": uuid.UUID(int=9)}}
+    ids = {name: submit_job(store, celery_app, analyzer="fastjson", input_bytes=b"{}",
+                            input_media_type="application/json", params={}).job_id for name in values}
+    redis_client.delete("gpuq.fastjson")
+    encoded = {name: encode_result(backend, ids[name], value) for name, value in values.items()}
+    assert isinstance(encoded["plain"], bytes)
+    assert isinstance(encoded["nan"], str) and isinstance(encoded["uuid"], str)
     batch = Pipelined(redis_client)
-    queue_results(batch, backend, encoded)
+    for name, job_id in ids.items():  # stored as a run's end stores them: with the job's end, fenced
+        claim = store.lifecycle.claim_lead(job_id, owner="fast|1|1", lock_ttl=60, max_attempts=3,
+                                           queue_prefix="gpuq.", running_fields={"status": "running"})
+        store.lifecycle.queue_finish(batch, job_id, claim.record.fence, "succeeded", {}, now=time.time(),
+                                     result=encoded[name], result_key=result_key(backend, job_id),
+                                     result_ttl=result_ttl(backend))
     batch.execute()
-    plain = AsyncResult("fast-json-plain", app=celery_app)
-    assert plain.state == "SUCCESS" and plain.get(timeout=5) == results["fast-json-plain"]
-    assert math.isnan(AsyncResult("fast-json-nan", app=celery_app).get(timeout=5)["confidence"])
-    assert AsyncResult("fast-json-uuid", app=celery_app).get(timeout=5) == results["fast-json-uuid"]  # a UUID again
+    plain = AsyncResult(ids["plain"], app=celery_app)
+    assert plain.state == "SUCCESS" and plain.get(timeout=5) == values["plain"]
+    assert math.isnan(AsyncResult(ids["nan"], app=celery_app).get(timeout=5)["confidence"])
+    assert AsyncResult(ids["uuid"], app=celery_app).get(timeout=5) == values["uuid"]  # a UUID again
 
 
 def test_the_bench_measures_each_encoder_beside_the_model():

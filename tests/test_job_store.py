@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 
 import pytest
 
 from tasks import keys
 from tasks import metrics as job_metrics
-from tasks.jobs import CANCELED, QUEUED, RUNNING, SUCCEEDED, JobStore
+from tasks.jobs import CANCELED, FAILED, QUEUED, RUNNING, SUCCEEDED, JobStore
+from tasks.pipelined import Pipelined
 from tasks.submission import STAGE_INPUT_BYTES, IdempotencyConflict, QueueFull, submit_job
 
 
@@ -106,10 +108,22 @@ def test_a_refused_large_input_leaves_nothing_behind(store, celery_app, redis_cl
 
 def test_cancel_wins_over_a_later_start(store, new_job):
     job_id = new_job()
-    assert store.finish(job_id, CANCELED, [QUEUED])
-    written, status = store.transition(job_id, [QUEUED, RUNNING], RUNNING, worker="w")
-    assert (written, status) == (False, CANCELED)
+    assert store.lifecycle.cancel(job_id) == ("canceled", None)
+    claim = store.lifecycle.claim_lead(job_id, owner="w|1|1", lock_ttl=60, max_attempts=3, queue_prefix="gpuq.",
+                                       running_fields={"status": RUNNING, "worker": "w"})
+    assert claim.outcome == CANCELED
     assert store.get(job_id).worker is None
+
+
+def _claim(store, job_id: str):
+    return store.lifecycle.claim_lead(job_id, owner="w|1|1", lock_ttl=60, max_attempts=3, queue_prefix="gpuq.",
+                                      running_fields={"status": RUNNING, "worker": "w"})
+
+
+def _finish(store, job_id: str, token: int, status: str = SUCCEEDED, **fields):
+    batch = Pipelined(store.redis)
+    index = store.lifecycle.queue_finish(batch, job_id, token, status, fields, now=time.time())
+    return store.lifecycle.parse_end(batch.execute()[index])
 
 
 def test_finish_sets_expiry_drops_input_and_publishes(store, redis_client, new_job):
@@ -117,9 +131,10 @@ def test_finish_sets_expiry_drops_input_and_publishes(store, redis_client, new_j
     pubsub = redis_client.pubsub(ignore_subscribe_messages=True)
     pubsub.subscribe(keys.job_events(s3))
     pubsub.get_message(timeout=1)
-    assert store.transition(s3, [QUEUED], RUNNING) == (True, QUEUED)
+    claim = _claim(store, s3)
+    assert claim.outcome == "claimed" and claim.record.status == RUNNING
     assert s3 in store.running_ids()
-    assert store.finish(s3, SUCCEEDED, [RUNNING])
+    assert _finish(store, s3, claim.record.fence).written
     assert s3 not in store.running_ids()
     messages = [pubsub.get_message(timeout=1) for _ in range(2)]
     pubsub.close()
@@ -128,12 +143,15 @@ def test_finish_sets_expiry_drops_input_and_publishes(store, redis_client, new_j
     assert record.status == SUCCEEDED and abs(record.expires_at - record.finished_at - 100) < 1
     assert redis_client.exists(keys.job_input(s3)) == 0
     assert 1000 < redis_client.ttl(keys.job(s3)) <= 1100
-    assert not store.finish(s3, CANCELED, [QUEUED, RUNNING])  # terminal stays terminal
+    assert store.lifecycle.cancel(s3) == ("unchanged", SUCCEEDED)  # terminal stays terminal
+    assert not _finish(store, s3, claim.record.fence, FAILED).written
+    assert store.get(s3).status == SUCCEEDED
 
 
 def test_absent_job(store):
     assert store.get("nope") is None
-    assert store.transition("nope", [QUEUED], RUNNING) == (False, None)
+    assert store.lifecycle.cancel("nope") == ("absent", None)
+    assert _claim(store, "nope").outcome == "absent"
 
 
 def test_an_accepted_job_is_counted_with_it_and_a_replay_or_refusal_is_not(redis_client, new_job):
