@@ -400,6 +400,7 @@ class JobRunner:
             try:
                 if record.unreadable:
                     raise strict_json.UnacceptableJson(f"its {', '.join(record.unreadable)} could not be read")
+                strict_json.check(record.params)
                 if record.input_media_type == JSON_MEDIA_TYPE:
                     data, media_type = strict_json.loads(claimed.input), None
                 else:
@@ -424,7 +425,7 @@ class JobRunner:
             if not isinstance(output, BaseException):
                 try:  # fail here, clearly, rather than in the result backend
                     encoded = encode_result(self.backend, claimed.job_id, output)
-                except (TypeError, ValueError, EncodeError) as error:
+                except (TypeError, ValueError, EncodeError, RecursionError) as error:
                     output = error
             if isinstance(output, BaseException):
                 code, message = _classify(output)
