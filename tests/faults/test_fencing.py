@@ -262,7 +262,7 @@ def test_a_poison_input_fails_its_own_job_only(make_stack, celery_app):
         os.kill(child, signal.SIGCONT)
     ended = {job_id: stack.wait(job_id, timeout=60) for job_id in [*good, rejected]}
     for job_id in (deep_input, deep_params):  # another tenant's: its records are read from Redis
-        record = _wait_until(lambda: (r := store.get(job_id)).is_terminal and r, 60, "the poison job to end")
+        record = _wait_until(lambda i=job_id: (r := store.get(i)).is_terminal and r, 60, "the poison job to end")
         assert record.status == "failed" and record.error["code"] == "invalid_input", record
         assert record.attempts == 1
     assert ended[rejected]["status"] == "failed" and ended[rejected]["error"]["code"] == "analyzer_error"
