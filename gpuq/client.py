@@ -8,7 +8,10 @@
 Errors are typed (``gpuq.client_errors``, one class per error code). Answers
 ``429`` (queue full) and ``503`` (Redis away) and connection failures are retried
 with exponential backoff, honouring ``Retry-After``; a submission carries an
-``Idempotency-Key`` (made up when not given), so a retried one never makes two jobs.
+``Idempotency-Key`` (made up when not given), so a retried one never makes two jobs:
+not after a ``503 outcome_unknown`` either (the API could not tell whether the
+job was written), which, once the retries are spent, raises ``OutcomeUnknown``
+with the job's id.
 """
 
 from __future__ import annotations

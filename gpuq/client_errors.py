@@ -12,7 +12,7 @@ from typing import Any
 __all__ = [
     "AlreadyFinished", "ApiError", "BadRequest", "ConnectionFailed", "Expired", "GpuqError",
     "IdempotencyKeyReused", "InternalError", "InvalidField", "JobFailed", "MalformedJson", "MissingField",
-    "NotFound", "PayloadTooLarge", "QueueFull", "TooManyStreams", "Unauthorized", "Unavailable",
+    "NotFound", "OutcomeUnknown", "PayloadTooLarge", "QueueFull", "TooManyStreams", "Unauthorized", "Unavailable",
     "UnknownAnalyzer", "UnsupportedMediaType", "WaitTimeout", "WebhooksDisabled", "error_for",
 ]
 
@@ -138,6 +138,14 @@ class Unavailable(ApiError):
     status, code = 503, "unavailable"
 
 
+class OutcomeUnknown(Unavailable):
+    """Raised when a submit reached Redis, or may have, and the API could not learn whether its job was
+    written (503 ``outcome_unknown``). ``job_id`` names that job: look it up later (``get``), or submit
+    again with the same idempotency key, which never makes a second job."""
+    code = "outcome_unknown"
+    job_id: str | None = None
+
+
 class TooManyStreams(Unavailable):
     """Raised when the API process serves as many event streams as it may."""
     code = "too_many_streams"
@@ -147,7 +155,7 @@ _BY_CODE: dict[str, type[ApiError]] = {}
 _BY_STATUS: dict[int, type[ApiError]] = {}
 for _cls in (BadRequest, MalformedJson, Unauthorized, NotFound, AlreadyFinished, Expired, PayloadTooLarge,
              UnsupportedMediaType, InvalidField, MissingField, UnknownAnalyzer, IdempotencyKeyReused,
-             WebhooksDisabled, QueueFull, InternalError, Unavailable, TooManyStreams):
+             WebhooksDisabled, QueueFull, InternalError, Unavailable, OutcomeUnknown, TooManyStreams):
     _BY_CODE[_cls.code] = _cls
     _BY_STATUS.setdefault(_cls.status, _cls)
 _BY_CODE["conflict"] = AlreadyFinished
@@ -160,4 +168,7 @@ def error_for(status: int, body: Any, retry_after: float | None = None) -> ApiEr
     code = error.get("code") or ""
     cls = _BY_CODE.get(code) or _BY_STATUS.get(status) or ApiError
     message = error.get("message") or f"HTTP {status}"
-    return cls(message, status=status, code=code or None, field=error.get("field"), retry_after=retry_after)
+    raised = cls(message, status=status, code=code or None, field=error.get("field"), retry_after=retry_after)
+    if isinstance(raised, OutcomeUnknown):
+        raised.job_id = error.get("id")
+    return raised

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from gpuq.client import Client, Job
-from gpuq.client_errors import ApiError, ConnectionFailed, GpuqError, Unavailable, WaitTimeout
+from gpuq.client_errors import ApiError, ConnectionFailed, GpuqError, OutcomeUnknown, Unavailable, WaitTimeout
 from gpuq.progress_bar import ProgressBar
 
 __all__ = ["COMMANDS", "EXIT_API_ERROR", "EXIT_CANCELED", "EXIT_FAILED", "EXIT_OK", "EXIT_TIMEOUT",
@@ -77,6 +77,13 @@ def run(args: argparse.Namespace) -> int:
         if args.json and error.job is not None:
             _print_json(error.job.raw)
         return EXIT_TIMEOUT
+    except OutcomeUnknown as error:
+        _say(f"gpuq: the API could not tell whether job {error.job_id} was accepted: {error}; "
+             f"see `gpuq status {error.job_id}` later")
+        if args.json:
+            _print_json({"error": {"code": error.code, "message": str(error), "id": error.job_id,
+                                   "status": error.status}})
+        return EXIT_UNREACHABLE
     except (ConnectionFailed, Unavailable) as error:
         _say(f"gpuq: cannot reach the API at {args.url}: {error}")
         return EXIT_UNREACHABLE

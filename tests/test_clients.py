@@ -26,8 +26,10 @@ from gpuq.client_errors import (
     AlreadyFinished,
     InvalidField,
     NotFound,
+    OutcomeUnknown,
     QueueFull,
     TooManyStreams,
+    Unavailable,
     UnknownAnalyzer,
     WaitTimeout,
     WebhooksDisabled,
@@ -164,6 +166,35 @@ def test_retries_on_429_and_503_honour_retry_after() -> None:
         with pytest.raises(QueueFull) as full:
             no_retry.submit("x", input={})
         assert full.value.retry_after == 1
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class _UnknownOutcomeStub(_Stub):
+    """Always answers 503 outcome_unknown, as an API whose Redis stalled mid-submit does; records the keys."""
+
+    keys: list[str] = []
+
+    def do_POST(self):  # noqa: N802
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        type(self).keys.append(self.headers.get("Idempotency-Key"))
+        job_id = f"j{len(type(self).keys)}"
+        self._send(503, {"error": {"code": "outcome_unknown", "message": "Redis did not answer in time",
+                                   "field": None, "id": job_id}}, {"Location": f"/v1/jobs/{job_id}"})
+
+
+def test_an_unknown_outcome_is_retried_with_the_same_key_then_raised_with_the_job_id() -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _UnknownOutcomeStub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        client = Client(f"http://127.0.0.1:{server.server_port}", backoff=0.01, max_retries=2)
+        with pytest.raises(OutcomeUnknown) as unknown:
+            client.submit("x", input={})
+        keys = _UnknownOutcomeStub.keys
+        assert len(keys) == 3 and len(set(keys)) == 1 and keys[0]  # a retry can never make a second job
+        assert unknown.value.job_id == "j3" and unknown.value.status == 503
+        assert isinstance(unknown.value, Unavailable)
     finally:
         server.shutdown()
         server.server_close()

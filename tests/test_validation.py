@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 
 import numpy as np
 import pytest
@@ -13,7 +14,18 @@ import requests
 @pytest.fixture
 def nothing_enqueued(redis_client):
     """Asserts, after the test, that no job record, input or message was written."""
+    def in_flight() -> bool:
+        for key in redis_client.scan_iter("gpuq:input:*"):
+            analyzer, status = redis_client.hmget(key.replace(b":input:", b":job:"), "analyzer", "status")
+            if analyzer in (b"digits", b"simulate", b"echo") and status in (b"queued", b"running"):
+                return True
+        return False
+
     def snapshot():
+        # Jobs an earlier test left in flight end meanwhile (their inputs go): let them settle first.
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and in_flight():
+            time.sleep(0.05)
         return (sorted(redis_client.scan_iter("gpuq:job:*")), sorted(redis_client.scan_iter("gpuq:input:*")),
                 {q: redis_client.llen(q) for q in ("gpuq.digits", "gpuq.simulate", "gpuq.echo")})
     before = snapshot()
@@ -133,3 +145,36 @@ def test_npy_upload_is_accepted_by_its_bytes_whatever_its_name(api):
 def test_unknown_route_is_json_404(api):
     error = error_of(requests.get(f"{api}/v2/nothing", timeout=5), 404)
     assert error["code"] == "not_found"
+
+
+@pytest.mark.parametrize("body, reason", [
+    ('{"analyzer": "echo", "input": ' + "[" * 950 + "]" * 950 + "}", "nested more than 64 levels"),
+    ('{"analyzer": "echo", "input": ' + "[" * 65 + "]" * 65 + "}", "nested more than 64 levels"),
+    ('{"analyzer": "echo", "input": {"x": NaN}}', "NaN is not a JSON number"),
+    ('{"analyzer": "echo", "input": {"x": -Infinity}}', "-Infinity is not a JSON number"),
+    ('{"analyzer": "echo", "input": {"x": 1e999}}', "out of range"),
+], ids=["950 levels", "65 levels", "NaN", "-Infinity", "1e999"])
+def test_json_a_worker_could_not_read_is_refused_at_the_door(api, nothing_enqueued, body, reason):
+    response = requests.post(f"{api}/v1/jobs", data=body, headers={"Content-Type": "application/json"}, timeout=5)
+    error = error_of(response, 400)
+    assert error["field"] == "body" and error["code"] == "malformed_json" and reason in error["message"]
+
+
+def test_json_at_the_depth_limit_is_taken_and_read_back_by_the_worker(api):
+    from tasks.strict_json import MAX_DEPTH
+
+    nested = 0
+    for _ in range(MAX_DEPTH - 2):  # the body is level 1, the input object level 2: 64 in all
+        nested = [nested]
+    job = requests.post(f"{api}/v1/jobs", json={"analyzer": "echo", "input": {"deep": nested}}, timeout=5)
+    assert job.status_code == 202, job.text
+    done = requests.get(f"{api}/v1/jobs/{job.json()['id']}?wait=20", timeout=30).json()
+    assert done["status"] == "succeeded" and done["result"]["echo"] == {"deep": nested}
+
+
+@pytest.mark.parametrize("field", ["params", "input"])
+def test_form_json_fields_too_deep_are_refused(api, nothing_enqueued, field):
+    response = requests.post(f"{api}/v1/jobs", data={"analyzer": "echo", field: "[" * 100 + "]" * 100},
+                             timeout=5)
+    error = error_of(response, 400)
+    assert error["field"] == field and "nested more than 64 levels" in error["message"]
