@@ -22,7 +22,7 @@ from celery.exceptions import TimeLimitExceeded
 from kombu import Exchange, Queue
 
 from gpu_worker.janitor import Janitor
-from gpu_worker.joblock import JobLock
+from gpu_worker.joblock import JobLock, parse_owner
 from gpu_worker.registry import DEFAULT_ANALYZERS, resolve_analyzers
 from gpu_worker.runtime import WorkerRuntime, worker_redis
 from gpu_worker.webhooks import WebhookDispatcher
@@ -135,6 +135,6 @@ def _record_lost_or_timed_out(task_id=None, exception=None, **_) -> None:
     # Only the run this process's child held: if the job was given to another worker meanwhile (the
     # child was paused past a heartbeat TTL, say), that run's outcome is the one that counts.
     holder = _parent_lock().holder(task_id)
-    if holder and _parent_lock().is_local(holder) and not _parent_lock().is_alive(holder):
+    if holder and _parent_lock().is_local(holder) and parse_owner(holder)[2] == os.getpid():
         _parent_store().lifecycle.end_unowned(task_id, FAILED, [RUNNING, CANCELING], holder=holder,
                                               error={"code": code, "message": message})
