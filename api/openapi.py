@@ -30,7 +30,8 @@ _SCHEMAS: dict[str, Any] = {
         "properties": {"error": {
             "type": "object", "required": ["code", "message", "field"],
             "properties": {"code": {"type": "string"}, "message": {"type": "string"},
-                           "field": {"type": "string", "nullable": True}}}},
+                           "field": {"type": "string", "nullable": True},
+                           "id": {"type": "string", "description": "with outcome_unknown: the job that may exist"}}}},
     },
     "Job": {
         "type": "object",
@@ -136,6 +137,11 @@ def document() -> dict[str, Any]:
                         **_KEYED,
                         "429": {**_error("the analyzer's queue, the tenant's queued jobs or rate is full"),
                                 "headers": _RETRY_AFTER},
+                        "503": {**_error("Redis unreachable: nothing was enqueued; or, with code "
+                                         "outcome_unknown, Redis stalled mid-submit and the job named by "
+                                         "error.id (and Location) may or may not exist: look it up, or retry "
+                                         "with the same Idempotency-Key"),
+                                "headers": {**_RETRY_AFTER, **_LOCATION}},
                     },
                 },
                 "get": {
