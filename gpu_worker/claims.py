@@ -33,29 +33,17 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
 
 from tasks.app import RUN_TASK, queue_for
-from tasks.jobs import JobRecord, JobStore
-from tasks.lifecycle import LeadClaim
+from tasks.jobs import JobStore
+from tasks.lifecycle import GatherReply, LeadClaim
 
-__all__ = ["Claimer", "Gathered", "LeadClaim"]
+__all__ = ["Claimer", "GatherReply", "LeadClaim"]
 
 log = logging.getLogger("gpuq.batching")
 
 #: Pause between two looks at an empty queue while a batch waits to fill.
 _POLL_SECONDS = 0.001
-
-
-@dataclass
-class Gathered:
-    #: Jobs claimed for this batch: running, locked by ``owner``, one attempt counted.
-    job_ids: list[str] = field(default_factory=list)
-    #: Their records (as claimed: running) and inputs (``None`` where it expired), in the same order.
-    records: list[JobRecord] = field(default_factory=list)
-    inputs: list[bytes | None] = field(default_factory=list)
-    #: Jobs whose messages were dropped because they were no longer queued.
-    dropped: list[str] = field(default_factory=list)
 
 
 class Claimer:
@@ -67,20 +55,21 @@ class Claimer:
         return self.lifecycle.claim_lead(job_id, owner=owner, lock_ttl=self.lock_ttl, max_attempts=max_attempts,
                                          queue_prefix=queue_for(""), running_fields=running_fields)
 
-    def gather(self, queue: str, most: int, *, owner: str, running_fields: dict, deadline: float) -> Gathered:
-        """Claim up to ``most`` jobs waiting in ``queue``, polling until ``deadline`` (``time.monotonic``)."""
-        gathered = Gathered()
-        while len(gathered.job_ids) < most:
-            reply = self.lifecycle.gather(queue, most - len(gathered.job_ids), owner=owner, lock_ttl=self.lock_ttl,
+    def gather(self, queue: str, most: int, *, owner: str, running_fields: dict, deadline: float) -> GatherReply:
+        """Claim up to ``most`` jobs waiting in ``queue``, polling until ``deadline`` (``time.monotonic``):
+        what every look claimed and dropped, together (refused messages are logged, not kept)."""
+        gathered = GatherReply()
+        while len(gathered.claimed) < most:
+            reply = self.lifecycle.gather(queue, most - len(gathered.claimed), owner=owner, lock_ttl=self.lock_ttl,
                                           task=RUN_TASK, running_fields=running_fields)
-            gathered.job_ids += reply.claimed
+            gathered.claimed += reply.claimed
             gathered.records += reply.records
             gathered.inputs += reply.inputs
             gathered.dropped += reply.dropped
             for raw in reply.refused:
                 log.error("refused a message in %s that is not a JSON %s message (dropped): %.200r",
                           queue, RUN_TASK, raw)
-            if reply.stopped or len(gathered.job_ids) >= most:
+            if reply.stopped or len(gathered.claimed) >= most:
                 break
             remaining = deadline - time.monotonic()
             if remaining <= 0:

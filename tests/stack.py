@@ -107,6 +107,17 @@ def wait_for_workers(redis_url: str, analyzers: set[str], process: Process | Non
     raise RuntimeError(f"no worker serving {analyzers} came up" + (f":\n{process.output()}" if process else ""))
 
 
+def wait_until(predicate, timeout: float, what: str):
+    """``predicate()``'s first true value, looked for every 50 ms; raises if none comes within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 def wait_for_status(url: str, job_id: str, statuses: set[str], timeout: float = 30) -> dict:
     deadline = time.monotonic() + timeout
     while True:

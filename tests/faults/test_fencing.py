@@ -18,22 +18,12 @@ import requests
 from tasks import keys
 from tasks.jobs import JobStore
 from tasks.submission import submit_job
-from tests.stack import Stack, parent_pid, start_api, start_workers, wait_for_workers
+from tests.stack import Stack, parent_pid, start_api, start_workers, wait_for_workers, wait_until
 from tests.tcp_proxy import TcpProxy
 
 TERMINAL = {"succeeded", "failed", "canceled"}
 #: What a terminal answer is made of: none of it may change once a client has seen it.
 ANSWER = ("status", "result", "error", "finished_at", "worker", "attempts")
-
-
-def _wait_until(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class AnswerWatcher:
@@ -77,7 +67,7 @@ def _pid_of(stack_redis, worker: str) -> int:
 
 
 def _taken_over(stack: Stack, job_id: str, first: str, timeout: float = 30) -> dict:
-    return _wait_until(lambda: (job := stack.job(job_id))["status"] == "running" and job["worker"] not in
+    return wait_until(lambda: (job := stack.job(job_id))["status"] == "running" and job["worker"] not in
                        (None, first) and job, timeout, "another worker to take the job over")
 
 
@@ -86,7 +76,7 @@ def test_a_runner_paused_past_its_lease_stops_at_its_next_progress_report_and_ne
     stack = make_stack(workers=2)
     job = stack.submit(params={"seconds": 12, "progress": True})
     first = stack.wait(job["id"], {"running"})["worker"]
-    _wait_until(lambda: stack.job(job["id"])["progress"], 10, "the first run's progress")
+    wait_until(lambda: stack.job(job["id"])["progress"], 10, "the first run's progress")
     child = _pid_of(stack.redis, first)
     victims = [child, parent_pid(child)] if paused == "whole worker" else [child]
     with AnswerWatcher(stack.url, job["id"]) as watcher:
@@ -100,7 +90,7 @@ def test_a_runner_paused_past_its_lease_stops_at_its_next_progress_report_and_ne
                 os.kill(pid, signal.SIGCONT)
         # The paused run still has seconds of work to go: it learns at its next report that the job is
         # another's, and stops there, without finishing it and without writing anything.
-        _wait_until(lambda: "lease was revoked" in stack.workers.output(), 10, "the paused run to learn it")
+        wait_until(lambda: "lease was revoked" in stack.workers.output(), 10, "the paused run to learn it")
         assert stack.counter("done", job["id"]) == 0
         assert stack.job(job["id"])["status"] == "running"
         done = stack.wait(job["id"], timeout=60)
@@ -124,8 +114,8 @@ def test_a_paused_runner_that_ends_while_the_new_run_goes_on_is_refused(make_sta
             os.kill(child, signal.SIGCONT)
         # Its time ran out while it was paused: the old run finishes its work at once and tries to end
         # the job, while the new run has seconds to go. Its end and result are refused.
-        _wait_until(lambda: stack.counter("done", job["id"]) == 1, 10, "the paused run to finish its work")
-        _wait_until(lambda: "lease was revoked" in stack.workers.output(), 10, "the refusal")
+        wait_until(lambda: stack.counter("done", job["id"]) == 1, 10, "the paused run to finish its work")
+        wait_until(lambda: "lease was revoked" in stack.workers.output(), 10, "the refusal")
         assert stack.job(job["id"])["status"] == "running"
         done = stack.wait(job["id"], timeout=60)
         time.sleep(1)
@@ -158,8 +148,8 @@ def test_a_worker_cut_off_from_redis_past_its_lease_never_writes_when_it_comes_b
                 proxy.restore()
             assert taken["worker"].endswith("@direct")
             # The cut-off run finishes its work once it is back, and its end is refused.
-            _wait_until(lambda: stack.counter("done", job["id"]) == 1, 30, "the cut-off run to finish its work")
-            _wait_until(lambda: "lease was revoked" in cut_off.output(), 15, "the refusal")
+            wait_until(lambda: stack.counter("done", job["id"]) == 1, 30, "the cut-off run to finish its work")
+            wait_until(lambda: "lease was revoked" in cut_off.output(), 15, "the refusal")
             assert stack.job(job["id"])["status"] == "running"
             done = stack.wait(job["id"], timeout=60)
             time.sleep(1)
@@ -262,7 +252,7 @@ def test_a_poison_input_fails_its_own_job_only(make_stack, celery_app):
         os.kill(child, signal.SIGCONT)
     ended = {job_id: stack.wait(job_id, timeout=60) for job_id in [*good, rejected]}
     for job_id in (deep_input, deep_params):  # another tenant's: its records are read from Redis
-        record = _wait_until(lambda i=job_id: (r := store.get(i)).is_terminal and r, 60, "the poison job to end")
+        record = wait_until(lambda i=job_id: (r := store.get(i)).is_terminal and r, 60, "the poison job to end")
         assert record.status == "failed" and record.error["code"] == "invalid_input", record
         assert record.attempts == 1
     assert ended[rejected]["status"] == "failed" and ended[rejected]["error"]["code"] == "analyzer_error"

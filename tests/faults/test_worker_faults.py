@@ -8,28 +8,18 @@ import time
 
 import requests
 
-from tests.stack import parent_pid
-
-
-def _wait_until(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+from tests.stack import parent_pid, wait_until
 
 
 def test_whole_worker_killed_mid_job_is_delivered_again_and_succeeds_once(make_stack):
     stack = make_stack()
     job = stack.submit(params={"seconds": 3})
     stack.wait(job["id"], {"running"})
-    _wait_until(lambda: stack.counter("runs", job["id"]) == 1, 10, "the first run")
+    wait_until(lambda: stack.counter("runs", job["id"]) == 1, 10, "the first run")
     child = stack.live_workers()[0]["pid"]
     killed_at = time.monotonic()
     os.kill(parent_pid(child), signal.SIGKILL)  # the Celery main process; its child dies with it
-    _wait_until(lambda: stack.counter("runs", job["id"]) == 2, 60, "the job to run again")
+    wait_until(lambda: stack.counter("runs", job["id"]) == 2, 60, "the job to run again")
     recovery = time.monotonic() - killed_at
     done = stack.wait(job["id"])
     print(f"whole worker killed: job running again {recovery:.1f} s after the kill")
@@ -106,7 +96,7 @@ def test_running_job_canceled_stops_its_process_and_the_next_job_runs(make_stack
     stack = make_stack()
     job = stack.submit(params={"seconds": 30})
     stack.wait(job["id"], {"running"})
-    _wait_until(lambda: stack.counter("runs", job["id"]) == 1, 10, "the run to start")
+    wait_until(lambda: stack.counter("runs", job["id"]) == 1, 10, "the run to start")
     began = time.monotonic()
     response = requests.delete(f"{stack.url}/v1/jobs/{job['id']}", timeout=5)
     assert response.status_code == 202 and response.json()["status"] in ("canceling", "canceled")
