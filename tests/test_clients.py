@@ -195,6 +195,14 @@ def test_an_unknown_outcome_is_retried_with_the_same_key_then_raised_with_the_jo
         assert len(keys) == 3 and len(set(keys)) == 1 and keys[0]  # a retry can never make a second job
         assert unknown.value.job_id == "j3" and unknown.value.status == 503
         assert isinstance(unknown.value, Unavailable)
+        # The command line says which job may exist, and exits as for an API it could not use.
+        _UnknownOutcomeStub.keys = []
+        cli = subprocess.run([sys.executable, "-m", "gpuq.cli", "submit", "x", "--input", "{}", "--json",
+                              "--url", f"http://127.0.0.1:{server.server_port}"], capture_output=True, text=True,
+                             timeout=120, cwd=ROOT)
+        assert cli.returncode == 6, cli.stderr
+        job_id = json.loads(cli.stdout)["error"]["id"]
+        assert job_id.startswith("j") and f"gpuq status {job_id}" in cli.stderr
     finally:
         server.shutdown()
         server.server_close()
