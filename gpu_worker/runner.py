@@ -13,10 +13,13 @@ batch that ran on runs, a recorder thread writes the end of the one before
 and claims the one after.
 
 Every way out leaves each job's record terminal or in the hands of the
-janitor: a result is stored before the record says ``succeeded``, and any
-exception becomes ``failed`` with a code; nothing turns a failure into
-success. A job canceled while its batch ran ends ``canceled``, its result
-discarded.
+janitor: a result is stored with the end that says ``succeeded``, in one
+script, and any exception becomes ``failed`` with a code; nothing turns a
+failure into success. A job canceled while its batch ran ends ``canceled``,
+its result discarded. Every write carries the run's fencing token
+(``tasks.lifecycle``): a run whose job was given to another (it was paused,
+or cut off from Redis, past its lease) has its writes refused and logged,
+and stops at its next progress report.
 """
 
 from __future__ import annotations
