@@ -68,8 +68,12 @@ def test_the_example_models_schema_and_params_are_enforced(own_model_stack):
 
 def test_a_bad_item_fails_only_its_job(own_model_stack):
     api = own_model_stack
-    # NaN is not JSON, but Python's parser takes it: the model itself must refuse it.
-    response = requests.post(f"{api}/v1/jobs", data='{"analyzer": "segmenter", "input": {"signal": [1, NaN]}}',
+    # NaN is refused at the door (400); 1e39 is a finite JSON number, but past float32's range, where the
+    # model's tensor holds it as infinity: the model itself must refuse it.
+    nan = requests.post(f"{api}/v1/jobs", data='{"analyzer": "segmenter", "input": {"signal": [1, NaN]}}',
+                        headers={"Content-Type": "application/json"}, timeout=10)
+    assert nan.status_code == 400 and nan.json()["error"]["code"] == "malformed_json"
+    response = requests.post(f"{api}/v1/jobs", data='{"analyzer": "segmenter", "input": {"signal": [1, 1e39]}}',
                              headers={"Content-Type": "application/json"}, timeout=10)
     assert response.status_code == 202, response.text
     done = wait_for_status(api, response.json()["id"], {"succeeded", "failed"}, timeout=30)
