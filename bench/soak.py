@@ -76,7 +76,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=10)
     parser.add_argument("--rate", type=float, default=4, help="jobs submitted per second")
-    parser.add_argument("--seconds", type=float, default=2.0, help="run time of each job")
+    parser.add_argument("--seconds", type=float, default=0.4,
+                        help="run time of each job (the two workers are busy 80 % of the time at 4 jobs/s)")
     parser.add_argument("--fault-every", type=float, default=60)
     parser.add_argument("--faults", default=",".join(FAULTS), help=f"which, in turn (of {', '.join(FAULTS)})")
     parser.add_argument("--drain", type=float, default=300, help="seconds to wait for the last jobs")

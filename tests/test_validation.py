@@ -149,11 +149,12 @@ def test_unknown_route_is_json_404(api):
 
 @pytest.mark.parametrize("body, reason", [
     ('{"analyzer": "echo", "input": ' + "[" * 950 + "]" * 950 + "}", "nested more than 64 levels"),
+    ('{"analyzer": "echo", "input": ' + "[" * 100_000 + "]" * 100_000 + "}", "nested more than 64 levels"),
     ('{"analyzer": "echo", "input": ' + "[" * 65 + "]" * 65 + "}", "nested more than 64 levels"),
     ('{"analyzer": "echo", "input": {"x": NaN}}', "NaN is not a JSON number"),
     ('{"analyzer": "echo", "input": {"x": -Infinity}}', "-Infinity is not a JSON number"),
     ('{"analyzer": "echo", "input": {"x": 1e999}}', "out of range"),
-], ids=["950 levels", "65 levels", "NaN", "-Infinity", "1e999"])
+], ids=["950 levels", "100,000 levels", "65 levels", "NaN", "-Infinity", "1e999"])
 def test_json_a_worker_could_not_read_is_refused_at_the_door(api, nothing_enqueued, body, reason):
     response = requests.post(f"{api}/v1/jobs", data=body, headers={"Content-Type": "application/json"}, timeout=5)
     error = error_of(response, 400)
