@@ -9,8 +9,8 @@ heartbeat TTL; cuts the proxied worker off from Redis past the TTL; pauses
 Redis itself for longer than the API's Redis timeout. Then it drains and
 reports, each of which must be 0: jobs lost (accepted, never ended), jobs
 written by two runners (two ends, or two results, announced for one job),
-terminal answers that changed (a job read again after the drain differs from
-its first terminal answer), and 5xx answers whose job was written (a job in
+terminal answers that changed (a job read again 20 s after it ended, and
+again after the drain, differs from its first terminal answer), and 5xx answers whose job was written (a job in
 Redis that was answered neither 202 nor 503 ``outcome_unknown``); also the API
 workers' memory growth and Redis memory once the result TTLs have passed.
 
@@ -44,6 +44,8 @@ TERMINAL = ("succeeded", "failed", "canceled")
 OUTAGE = 9.0
 #: Seconds Redis is paused: past the API's Redis timeout (2 s).
 REDIS_OUTAGE = 4.0
+#: Seconds after a job's first terminal answer that it is read again: past an outage, within the result TTL.
+RECHECK_AFTER = 20.0
 
 
 def rss_mb(pid: int) -> float:
@@ -109,6 +111,7 @@ def main() -> int:
         struck = Counter()
         stop = threading.Event()
         first_answer: dict[str, dict] = {}  # job id -> its first terminal answer
+        changed: set[str] = set()  # jobs whose terminal answer read differently later
         ends, results = Counter(), Counter()  # announced ends and stored results, per job
 
         # Every accepted end of a job is announced on its events channel, every stored result on its
@@ -165,8 +168,16 @@ def main() -> int:
                 print(f"  {strike(fault)}", flush=True)
                 struck[fault] += 1
 
+        def read_again(watcher: requests.Session, job_id: str) -> None:
+            """A job read again after it ended: a stale run's late write would show here. An expired
+            result (410) is the documented end of an answer, not a change."""
+            response = watcher.get(f"{stack.url}/v1/jobs/{job_id}", timeout=10)
+            if response.status_code == 200 and _answer(response.json()) != first_answer[job_id]:
+                changed.add(job_id)
+
         def watch(until: threading.Event) -> None:
             watcher = requests.Session()
+            recheck: dict[str, float] = {}  # job id -> when to read it again
             while True:
                 finished_pass = until.is_set()
                 for job_id in [j for j in list(ids) if j not in first_answer]:
@@ -176,6 +187,13 @@ def main() -> int:
                         continue  # Redis paused: look again
                     if job.get("status") in TERMINAL:
                         first_answer[job_id] = _answer(job)
+                        recheck[job_id] = time.monotonic() + RECHECK_AFTER
+                for job_id in [j for j, due in recheck.items() if due <= time.monotonic() or finished_pass]:
+                    try:
+                        read_again(watcher, job_id)
+                    except requests.RequestException:
+                        continue
+                    del recheck[job_id]
                 if finished_pass:
                     return
                 time.sleep(0.5)
@@ -219,8 +237,8 @@ def main() -> int:
                                     for j in pending)
             print(f"not finished: {dict(left_statuses)}; queue {stack.redis.llen('gpuq.faulty')}, "
                   f"unacked {stack.redis.hlen('unacked')}; workers {[w['name'] for w in stack.live_workers()]}")
-        changed = [j for j, answer in first_answer.items()
-                   if _answer(session.get(f"{stack.url}/v1/jobs/{j}", timeout=10).json()) != answer]
+        for job_id in list(first_answer):  # and once more, all of them, while their results live
+            read_again(session, job_id)
         two_writers = sorted({j for j, n in ends.items() if n > 1} | {j for j, n in results.items() if n > 1})
         written = {k.decode().removeprefix(keys.job("")) for k in stack.redis.scan_iter(keys.job("*"))}
         ran_after_5xx = written - set(ids) - unknown_outcome
@@ -238,7 +256,8 @@ def main() -> int:
         print(f"succeeded {statuses['succeeded']}  failed {statuses['failed']}  canceled {statuses['canceled']}")
         print(f"lost {len(pending)}  written by two runners {len(two_writers)}  changed answers {len(changed)}  "
               f"5xx whose job ran {len(ran_after_5xx)}")
-        for what, jobs in (("two runners", two_writers), ("changed", changed), ("5xx ran", sorted(ran_after_5xx))):
+        for what, jobs in (("two runners", two_writers), ("changed", sorted(changed)),
+                           ("5xx ran", sorted(ran_after_5xx))):
             if jobs:
                 print(f"  {what}: {jobs[:5]}")
         growth = {pid: round(api_after.get(pid, 0) - mb, 1) for pid, mb in api_before.items()}
