@@ -48,7 +48,7 @@ class ProgressWriter:
         except Exception as error:  # progress is a courtesy: losing one update must not fail the job
             log.warning("job %s: progress update lost: %s", self._job_id, error)
             return
-        if not reply.written and reply.fence != str(self._token):
+        if reply.lease_lost(self._token):
             log.warning("job %s: this run's lease was revoked (its token %d, the job's now %s); stopping it",
                         self._job_id, self._token, reply.fence)
             raise LeaseLost(f"job {self._job_id} was given to another run (token {reply.fence}, this run's "

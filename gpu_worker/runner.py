@@ -46,7 +46,7 @@ from gpu_worker.results import encode_result, result_key, result_ttl
 from tasks import logs, strict_json
 from tasks.app import queue_for
 from tasks.jobs import CANCELED, CANCELING, FAILED, RUNNING, SUCCEEDED, JobRecord, JobStore
-from tasks.lifecycle import EndReply
+from tasks.lifecycle import FencedReply
 from tasks.pipelined import Pipelined
 
 __all__ = ["JobFailed", "JobRunner"]
@@ -486,7 +486,7 @@ class JobRunner:
         return _BatchEnd(failure=failure, waiting=waiting, predict_seconds=run_seconds)
 
     @staticmethod
-    def _report_refused(claimed: _Claimed, end: EndReply) -> None:
+    def _report_refused(claimed: _Claimed, end: FencedReply) -> None:
         """Log an end the job state machine refused: its result is discarded, whatever it was."""
         if end.written:
             return

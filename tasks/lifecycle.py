@@ -46,7 +46,7 @@ from tasks.jobs import CANCELED, FAILED, JobRecord, encode_fields
 from tasks.lua_scripts import BoundScript, load
 from tasks.pipelined import Pipelined
 
-__all__ = ["EndReply", "GatherReply", "LeadClaim", "Lifecycle", "ProgressReply", "accept_script"]
+__all__ = ["FencedReply", "GatherReply", "LeadClaim", "Lifecycle", "accept_script"]
 
 
 def accept_script():
@@ -79,22 +79,21 @@ class GatherReply:
 
 
 @dataclass(frozen=True)
-class EndReply:
-    """What a run's end (``finish.lua``) found: written or not, the status, the fence."""
+class FencedReply:
+    """What a run's fenced write (``progress.lua``, ``finish.lua``) found: written or not, the status, the fence."""
 
     written: bool
     status: str | None
     fence: str
+
+    @classmethod
+    def parse(cls, reply: list) -> FencedReply:
+        written, status, fence = reply
+        return cls(bool(written), status.decode() or None, fence.decode())
 
     def lease_lost(self, token: int) -> bool:
+        """Refused because the job's fence moved past ``token``: another run holds the job now."""
         return not self.written and self.fence != str(token)
-
-
-@dataclass(frozen=True)
-class ProgressReply:
-    written: bool
-    status: str | None
-    fence: str
 
 
 class Lifecycle:
@@ -167,11 +166,10 @@ class Lifecycle:
 
     # --- progress -------------------------------------------------------------------------
 
-    def progress(self, job_id: str, token: int, progress: dict[str, Any]) -> ProgressReply:
-        written, status, fence = self._script("progress")(
+    def progress(self, job_id: str, token: int, progress: dict[str, Any]) -> FencedReply:
+        return FencedReply.parse(self._script("progress")(
             keys={"job": keys.job(job_id), "events": keys.job_events(job_id), "outbox": keys.WEBHOOK_OUTBOX},
-            args={"id": job_id, "token": token, "progress": json.dumps(progress, separators=(",", ":"))})
-        return ProgressReply(bool(written), status.decode() or None, fence.decode())
+            args={"id": job_id, "token": token, "progress": json.dumps(progress, separators=(",", ":"))}))
 
     # --- succeeded, failed (or canceled) by the run ---------------------------------------
 
@@ -185,9 +183,8 @@ class Lifecycle:
                   "result": result, "result_ttl": result_ttl})
 
     @staticmethod
-    def parse_end(reply: list) -> EndReply:
-        written, status, fence = reply
-        return EndReply(bool(written), status.decode() or None, fence.decode())
+    def parse_end(reply: list) -> FencedReply:
+        return FencedReply.parse(reply)
 
     # --- canceled -------------------------------------------------------------------------
 
