@@ -1,17 +1,35 @@
-"""The webhook dispatcher: a thread in each worker's main process that delivers webhook events.
+"""The webhook dispatcher: threads in each worker's main process that deliver webhook events.
 
-Why a thread in the main process, and not a Celery task on the workers' queues:
+Why threads in the main process, and not a Celery task on the workers' queues:
 a worker runs one job at a time (concurrency 1, one per GPU), so a ``gpuq.webhook``
 task would wait behind hour-long GPU jobs and ``started`` would arrive after
-``completed``. The main process never runs a model, so its thread is free to do
-I/O; like the janitor it outlives pool children. Every worker runs one, and
-they share the outbox (BLMOVE hands each event to one, into a list of the
-events it holds, so a worker killed mid-delivery hands them back when it
-starts again: at least once) and the retry schedule (a sorted set by due
-time; ZREM decides which dispatcher takes a due retry).
+``completed``. The main process never runs a model, so its threads are free to
+do I/O; like the janitor they outlive pool children.
 
-A delivery's failure is recorded and retried, never raised: a webhook that
-fails never fails its job (the job's record was written before the event).
+One taker thread moves work from Redis into memory: events from the outbox
+(``BLMOVE`` into this dispatcher's inflight list) and retries that are due
+(moved from the retry schedule, a sorted set by due time, into the same list
+by one script). Every worker runs a dispatcher and they share both, each
+entry going to one. Whatever a dispatcher took stays in its inflight list
+until its attempt is recorded, so a worker killed mid-delivery gives it back
+when it starts again (``recover``): delivery is at least once.
+
+The taker hands each delivery to a lane per destination (``scheme://host:port``,
+gpu_worker/webhook_lanes.py), and a pool of ``GPUQ_WEBHOOK_SENDERS`` (16)
+threads sends them, at most ``GPUQ_WEBHOOK_PER_DESTINATION`` (2) at once to
+one destination, first attempts before retries. A receiver that takes the
+whole read timeout (10 s) to answer, or never answers, so holds 2 senders and
+delays only its own events; the 14 others serve everyone else. Memory is
+bounded twice: a lane keeps at most 50 deliveries waiting (more go back to the
+retry schedule for 10 s, without counting as an attempt), and past
+``GPUQ_WEBHOOK_MAX_HELD`` (1000) deliveries in all the taker takes nothing
+more until senders catch up.
+
+Each attempt checks the URL again and connects only to an address that check
+returned (tasks/outbound_http.py), so a DNS answer changed since the job was
+submitted cannot point it inward. A delivery's failure is recorded and
+retried, never raised: a webhook that fails never fails its job (the job's
+record was written before the event).
 """
 
 from __future__ import annotations
@@ -21,76 +39,150 @@ import logging
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-import requests
-
+from gpu_worker.webhook_lanes import DestinationLanes
 from tasks import keys, webhooks
 from tasks.jobs import SUCCEEDED, JobStore
+from tasks.outbound_http import OutboundError, PinnedHttp
 from tasks.settings import Settings
-from tasks.url_safety import UnsafeUrl, check_url
+from tasks.url_safety import Resolver, UnsafeUrl, check_url, parse_web_url, resolve_host
 
 __all__ = ["WebhookDispatcher"]
 
 log = logging.getLogger("gpuq.webhooks")
 
-_TIMEOUT = 5.0
 _RETRY_AFTER_CAP = 300.0
+#: Deliveries one destination may have waiting in memory; more are deferred to the retry schedule.
+_LANE_BACKLOG = 50
+#: Seconds a delivery deferred for a full lane waits in the retry schedule.
+_DEFER = 10.0
+#: Due retries taken from Redis in one step at most.
+_RETRIES_PER_STEP = 100
+
+# Due retries, moved from the schedule to the dispatcher's inflight list in one step, so that a
+# dispatcher killed after taking them gives them back like the events it took.
+_TAKE_DUE_RETRIES = """
+local due = redis.call('zrangebyscore', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+for _, entry in ipairs(due) do
+  redis.call('zrem', KEYS[1], entry)
+  redis.call('lpush', KEYS[2], entry)
+end
+return due
+"""
+
+# Everything in an inflight list goes back where it came from: outbox events ("<job>|<status>") to the
+# outbox, to be taken next, and retries (JSON deliveries) to the schedule, due now.
+_GIVE_BACK = """
+local moved = 0
+local entry = redis.call('lpop', KEYS[1])
+while entry do
+  if string.sub(entry, 1, 1) == '{' then
+    redis.call('zadd', KEYS[3], ARGV[1], entry)
+  else
+    redis.call('rpush', KEYS[2], entry)
+  end
+  moved = moved + 1
+  entry = redis.call('lpop', KEYS[1])
+end
+return moved
+"""
+
+
+@dataclass(frozen=True)
+class _Taken:
+    """A delivery and the entry that holds it in the inflight list (removed once its attempt is recorded)."""
+
+    delivery: dict[str, Any]
+    entry: bytes
 
 
 class WebhookDispatcher:
     def __init__(self, store: JobStore, settings: Settings, backend: Any = None,
-                 session: requests.Session | None = None, name: str = "dispatcher"):
+                 http: PinnedHttp | None = None, resolve: Resolver = resolve_host, name: str = "dispatcher"):
         self.store = store
         self.redis = store.redis
         self.settings = settings
         self.backend = backend
-        self.session = session or requests.Session()
+        self.resolve = resolve
+        self.http = http or PinnedHttp(settings.webhook_connect_timeout, settings.webhook_read_timeout)
+        self.lanes: DestinationLanes[_Taken] = DestinationLanes(settings.webhook_per_destination, _LANE_BACKLOG)
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self._inflight = keys.webhook_inflight(name)
+        self._take_due_retries = self.redis.register_script(_TAKE_DUE_RETRIES)
+        self._give_back = self.redis.register_script(_GIVE_BACK)
 
     def recover(self) -> int:
-        """Give back to the outbox what this dispatcher's previous life took and never handled."""
-        moved = 0
-        while self.redis.lmove(self._inflight, keys.WEBHOOK_OUTBOX, "RIGHT", "RIGHT") is not None:
-            moved += 1
+        """Give back what this dispatcher's previous life took and never handled."""
+        moved = self._give_back(keys=[self._inflight, keys.WEBHOOK_OUTBOX, keys.WEBHOOK_RETRIES], args=[time.time()])
         if moved:
-            log.info("webhook dispatcher: %d events taken before a restart go out again", moved)
+            log.info("webhook dispatcher: %d deliveries taken before a restart go out again", moved)
         return moved
 
     def start(self) -> None:
         self.recover()
-        self._thread = threading.Thread(target=self._loop, name="gpuq-webhooks", daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._keep_going, args=(self.step,), name="gpuq-webhooks-take",
+                                          daemon=True)]
+        self._threads += [threading.Thread(target=self._keep_going, args=(self.send_next,),
+                                           name=f"gpuq-webhooks-send-{i}", daemon=True)
+                          for i in range(self.settings.webhook_senders)]
+        for thread in self._threads:
+            thread.start()
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop taking and sending; what is held in memory stays in the inflight list for ``recover``."""
         self._stop.set()
+        self.lanes.close()
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
 
-    def _loop(self) -> None:
+    def _keep_going(self, step) -> None:
         while not self._stop.is_set():
             try:
-                self.step()
+                step()
             except Exception as error:  # Redis away for a moment: keep going once it is back
                 log.warning("webhook dispatcher: %s: %s", type(error).__name__, error)
                 self._stop.wait(1.0)
 
+    # -- taking: Redis to the lanes ----------------------------------------------------------
+
     def step(self, block: float = 0.5) -> None:
-        """Send the retries that are due, then wait up to ``block`` seconds for one new event."""
-        for raw in self.redis.zrangebyscore(keys.WEBHOOK_RETRIES, "-inf", time.time(), start=0, num=20):
-            if self.redis.zrem(keys.WEBHOOK_RETRIES, raw):  # this dispatcher took it
-                self._attempt(json.loads(raw))
-        raw = self.redis.blmove(keys.WEBHOOK_OUTBOX, self._inflight, block, "RIGHT", "LEFT")
-        if raw is None:
+        """Take the retries that are due, then wait up to ``block`` seconds for one new event."""
+        most = self.settings.webhook_max_held
+        if not self.lanes.wait_for_room(most, timeout=block):
             return
+        due = self._take_due_retries(keys=[keys.WEBHOOK_RETRIES, self._inflight],
+                                     args=[time.time(), min(_RETRIES_PER_STEP, most - self.lanes.held)])
+        for entry in due:
+            self._hand_to_lane(_Taken(json.loads(entry), entry))
+        if self.lanes.held >= most:
+            return
+        entry = self.redis.blmove(keys.WEBHOOK_OUTBOX, self._inflight, block, "RIGHT", "LEFT")
+        if entry is None:
+            return
+        delivery = None
         try:
-            job_id, _, status = raw.decode().partition("|")
+            job_id, _, status = entry.decode().partition("|")
             delivery = self._new_delivery(job_id, status)
-            if delivery is not None:
-                self._attempt(delivery)  # a failure is scheduled for a retry, not raised
         finally:
-            self.redis.lrem(self._inflight, 1, raw)
+            if delivery is None:  # nothing to send, or an event that cannot be read: not taken again
+                self.redis.lrem(self._inflight, 1, entry)
+        if delivery is not None:
+            self._hand_to_lane(_Taken(delivery, entry))
+
+    def _hand_to_lane(self, taken: _Taken) -> None:
+        delivery = taken.delivery
+        if self.lanes.offer(_destination(delivery["url"]), taken, retry=delivery["attempt"] > 1):
+            return
+        # Its destination has a backlog already: wait in Redis rather than in memory, not as an attempt.
+        pipe = self.redis.pipeline()
+        pipe.zadd(keys.WEBHOOK_RETRIES, {json.dumps(delivery): time.time() + _DEFER})
+        pipe.lrem(self._inflight, 1, taken.entry)
+        pipe.execute()
 
     def _new_delivery(self, job_id: str, status: str) -> dict[str, Any] | None:
         event = webhooks.event_for(status)
@@ -122,7 +214,22 @@ class WebhookDispatcher:
         meta = self.backend.decode_result(raw) if raw is not None else {}
         return meta.get("result")
 
-    def _attempt(self, delivery: dict[str, Any]) -> None:
+    # -- sending: the lanes to the receivers -------------------------------------------------
+
+    def send_next(self, wait: float = 0.5) -> bool:
+        """Send one delivery from the lanes, waiting up to ``wait`` s for one; False when there was none."""
+        taken = self.lanes.take(timeout=wait)
+        if taken is None:
+            return False
+        destination, item = taken
+        try:
+            self._attempt(item)
+        finally:
+            self.lanes.done(destination)
+        return True
+
+    def _attempt(self, taken: _Taken) -> None:
+        delivery = taken.delivery
         body = delivery["body"].encode()
         timestamp = int(time.time())
         headers = {"Content-Type": "application/json", "User-Agent": "gpuq-webhooks/1",
@@ -132,32 +239,43 @@ class WebhookDispatcher:
         status_code, error, retry_after = None, None, 0.0
         unsafe = False
         try:
-            # Checked again now, not only at submit: the name may resolve elsewhere by now.
-            check_url(delivery["url"], self.settings.outbound_allowlist())
-            response = self.session.post(delivery["url"], data=body, headers=headers, timeout=_TIMEOUT,
-                                         allow_redirects=False)
-            status_code = response.status_code
-            retry_after = _seconds(response.headers.get("Retry-After"))
+            # Checked again now, not only at submit: the name may resolve elsewhere by now. The request
+            # goes to an address this check returned, not to the name.
+            target = check_url(delivery["url"], self.settings.outbound_allowlist(), self.resolve)
+            reply = self.http.post(target, body, headers)
+            status_code = reply.status
+            retry_after = _seconds(reply.headers.get("Retry-After"))
         except UnsafeUrl as exc:
             error, unsafe = f"refused: {exc}"[:300], True
-        except requests.RequestException as exc:
-            error = f"{type(exc).__name__}: {exc}"[:300]
+        except OutboundError as exc:
+            error = str(exc)[:300]
         ok = status_code is not None and 200 <= status_code < 300
         retryable = not ok and not unsafe and (status_code is None or status_code >= 500 or status_code == 429)
         attempt = delivery["attempt"]
         next_at = None
+        pipe = self.redis.pipeline()
         if retryable and attempt < self.settings.webhook_max_attempts:
             delay = max(self.settings.webhook_backoff * 2 ** (attempt - 1), min(retry_after, _RETRY_AFTER_CAP))
             next_at = time.time() + delay
-            self.redis.zadd(keys.WEBHOOK_RETRIES, {json.dumps({**delivery, "attempt": attempt + 1}): next_at})
-        webhooks.record_attempt(self.redis, delivery["job_id"], {
+            pipe.zadd(keys.WEBHOOK_RETRIES, {json.dumps({**delivery, "attempt": attempt + 1}): next_at})
+        webhooks.record_attempt(pipe, delivery["job_id"], {
             "delivery": delivery["delivery"], "event": delivery["event"], "url": delivery["url"],
             "attempt": attempt, "at": _iso(time.time()), "status_code": status_code, "ok": ok, "error": error,
             "duration_ms": round((time.perf_counter() - began) * 1000, 1), "next_attempt_at": _iso(next_at),
         }, ttl=self.store.result_ttl + self.store.tombstone_ttl)
+        pipe.lrem(self._inflight, 1, taken.entry)
+        pipe.execute()
         if not ok:
             log.info("webhook %s of job %s, attempt %d: %s%s", delivery["event"], delivery["job_id"], attempt,
                      error or f"HTTP {status_code}", "; will retry" if next_at else "; giving up")
+
+
+def _destination(url: str) -> str:
+    """The lane of a URL; one that does not parse gets a lane of its own, where its attempt is refused."""
+    try:
+        return parse_web_url(url).origin
+    except UnsafeUrl:
+        return "unparseable"
 
 
 def _iso(ts: float | None) -> str | None:

@@ -82,6 +82,16 @@ class Settings:
     webhook_backoff: float = 1.0
     #: Least seconds between two ``progress`` webhook events of one job.
     webhook_progress_interval: float = 2.0
+    #: Seconds a webhook receiver has to accept the connection.
+    webhook_connect_timeout: float = 3.0
+    #: Seconds a webhook receiver may stay silent while answering (per read, not in all).
+    webhook_read_timeout: float = 10.0
+    #: Threads in each worker that send webhook deliveries, all destinations together.
+    webhook_senders: int = 16
+    #: Deliveries one destination (``scheme://host:port``) is sent at once by one worker.
+    webhook_per_destination: int = 2
+    #: Webhook deliveries one worker holds in memory at most; past it, it takes no more from Redis.
+    webhook_max_held: int = 1000
     #: Server-sent event streams one API process serves at once (each holds a gunicorn thread).
     max_streams: int = 4
     #: Seconds an event stream stays open before the client is asked to reconnect.

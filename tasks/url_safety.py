@@ -7,11 +7,19 @@ host and refuses the URL when any address it resolves to is loopback,
 private, link-local, multicast, reserved or otherwise not public, unless the
 host or the address is allow-listed (``GPUQ_URL_ALLOWLIST``).
 
+One parser. Parsers disagree on odd URLs: ``http://127.0.0.1\\.x.evil.example/``
+is a host ``127.0.0.1\\.x.evil.example`` to ``urllib.parse`` and the host
+``127.0.0.1`` (then a path) to urllib3, so a check made with one and a call
+made with the other reach different hosts. So ``parse_web_url`` first refuses
+what parsers read differently (backslashes, control characters, whitespace,
+credentials, non-ASCII in the host part), then parses once, with urllib3's
+``parse_url``, and the parts it returns are the ones checked *and* called
+(``tasks.outbound_http``): nothing parses the URL again.
+
 Check twice. Once when the URL is accepted, to answer 422 at once; and again
 at call time, connecting to one of the addresses that check returned (not to
 the name again), because DNS may answer differently the second time (DNS
-rebinding). ``check_url`` returns those addresses for that purpose. Do not
-follow redirects without checking each target the same way.
+rebinding). Redirects are not followed.
 """
 
 from __future__ import annotations
@@ -20,29 +28,61 @@ import ipaddress
 import socket
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
-__all__ = ["Allowlist", "SafeTarget", "UnsafeUrl", "check_url", "is_public_address"]
+from urllib3.exceptions import LocationParseError
+from urllib3.util import parse_url
+
+__all__ = ["Allowlist", "InvalidUrl", "Resolver", "SafeTarget", "UnsafeUrl", "WebUrl", "check_url", "is_public_address",
+           "parse_web_url", "resolve_host"]
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int], Iterable[str]]
 
 _SCHEMES = {"http": 80, "https": 443}
+MAX_LENGTH = 2048
 
 
 class UnsafeUrl(ValueError):
-    """Raised when a URL is malformed, not http(s), or reaches an address that is not public."""
+    """Raised when a URL is malformed, ambiguous, not http(s), or reaches an address that is not public."""
+
+    code = "unsafe_url"
+
+
+class InvalidUrl(UnsafeUrl):
+    """Raised when a string is not an absolute http(s) URL with a host: a mistake rather than an attack."""
+
+    code = "invalid_field"
 
 
 @dataclass(frozen=True)
-class SafeTarget:
-    """A checked URL and the addresses it may be connected to."""
+class WebUrl:
+    """An http(s) URL parsed once: what is connected to and what is asked for there."""
 
     url: str
     scheme: str
+    #: Lower case; an IPv6 literal without its brackets.
     host: str
     port: int
-    addresses: tuple[str, ...]
+    #: Path and query, as sent on the request line.
+    request_uri: str
+
+    @property
+    def host_header(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return host if self.port == _SCHEMES[self.scheme] else f"{host}:{self.port}"
+
+    @property
+    def origin(self) -> str:
+        """``scheme://host:port``: what a connection is made to (one webhook destination)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class SafeTarget(WebUrl):
+    """A checked URL and the addresses it may be connected to (and no others)."""
+
+    addresses: tuple[str, ...] = ()
 
 
 class Allowlist:
@@ -79,7 +119,39 @@ def is_public_address(address: Address) -> bool:
     return address.is_global and not (address.is_multicast or address.is_reserved or address.is_unspecified)
 
 
-def _resolve(host: str, port: int) -> list[str]:
+def parse_web_url(url: object) -> WebUrl:
+    """``url`` parsed, if it is an unambiguous absolute http(s) URL with a host; else ``UnsafeUrl``."""
+    if not isinstance(url, str) or not url or len(url) > MAX_LENGTH:
+        raise InvalidUrl(f"must be a URL string of at most {MAX_LENGTH} characters")
+    if "\\" in url:
+        raise UnsafeUrl("a URL may not contain a backslash (parsers disagree on where its host ends)")
+    if any(c.isspace() or not c.isprintable() for c in url):
+        raise UnsafeUrl("a URL may not contain whitespace or control characters")
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() not in _SCHEMES:
+        raise InvalidUrl("must be an http:// or https:// URL")
+    authority = rest.split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]
+    if "@" in authority:
+        raise UnsafeUrl("a URL may not carry credentials")
+    if not authority.isascii():
+        raise UnsafeUrl("a URL's host must be ASCII (write an international name in its xn-- form)")
+    try:
+        parts = parse_url(url)
+    except LocationParseError as error:
+        raise InvalidUrl(f"not a valid URL: {error}") from None
+    host = (parts.host or "").strip("[]")
+    if not host:
+        raise InvalidUrl("must name a host")
+    if "%" in host:
+        raise UnsafeUrl("an IPv6 zone id may not be given")
+    port = parts.port if parts.port is not None else _SCHEMES[parts.scheme]
+    if not 0 < port < 65536:
+        raise InvalidUrl(f"port {port} is out of range")
+    return WebUrl(url=url, scheme=parts.scheme, host=host, port=port, request_uri=parts.request_uri)
+
+
+def resolve_host(host: str, port: int) -> list[str]:
+    """The addresses the system resolver gives for ``host``; ``UnsafeUrl`` when there are none."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as error:
@@ -87,35 +159,21 @@ def _resolve(host: str, port: int) -> list[str]:
     return [info[4][0] for info in infos]
 
 
-def check_url(url: str, allowlist: Allowlist | None = None, resolve: Resolver = _resolve) -> SafeTarget:
-    """The URL and its addresses if every one is public or allow-listed; else ``UnsafeUrl``."""
+def check_url(url: str, allowlist: Allowlist | None = None, resolve: Resolver = resolve_host) -> SafeTarget:
+    """The parsed URL and its addresses if every one is public or allow-listed; else ``UnsafeUrl``."""
     allowlist = allowlist or Allowlist()
-    if not isinstance(url, str) or len(url) > 2048:
-        raise UnsafeUrl("a URL must be a string of at most 2048 characters")
-    try:
-        parts = urlsplit(url.strip())
-        port = parts.port
-    except ValueError as error:
-        raise UnsafeUrl(f"not a valid URL: {error}") from None
-    if parts.scheme not in _SCHEMES:
-        raise UnsafeUrl("only http and https URLs may be called")
-    if parts.username is not None or parts.password is not None:
-        raise UnsafeUrl("a URL may not carry credentials")
-    host = parts.hostname
-    if not host:
-        raise UnsafeUrl("the URL has no host")
-    port = port or _SCHEMES[parts.scheme]
-    literal = _literal(host)
-    addresses = [host] if literal is not None else list(dict.fromkeys(resolve(host, port)))
+    web = parse_web_url(url)
+    literal = _literal(web.host)
+    addresses = [web.host] if literal is not None else list(dict.fromkeys(resolve(web.host, web.port)))
     if not addresses:
-        raise UnsafeUrl(f"host {host!r} has no address")
-    if not allowlist.allows_host(host):
+        raise UnsafeUrl(f"host {web.host!r} has no address")
+    if not allowlist.allows_host(web.host):
         for raw in addresses:
             address = ipaddress.ip_address(raw.split("%", 1)[0])  # drop an IPv6 zone id
             if not is_public_address(address) and not allowlist.allows_address(address):
-                raise UnsafeUrl(f"{host!r} resolves to {address}, which is not a public address "
+                raise UnsafeUrl(f"{web.host!r} resolves to {address}, which is not a public address "
                                 f"(allow-list it in GPUQ_URL_ALLOWLIST if it is meant to be called)")
-    return SafeTarget(url=url, scheme=parts.scheme, host=host, port=port, addresses=tuple(addresses))
+    return SafeTarget(**vars(web), addresses=tuple(addresses))
 
 
 def _literal(host: str) -> Address | None:

@@ -15,6 +15,7 @@ import json
 from typing import Any
 
 from redis import Redis
+from redis.client import Pipeline
 
 from tasks import keys
 from tasks.jobs import RUNNING, TERMINAL
@@ -62,13 +63,13 @@ def verify(secret: str, header: str, body: bytes, *, now: float, tolerance: floa
     return hmac.compare_digest(expected, parts.get("v1", ""))
 
 
-def record_attempt(redis: Redis, job_id: str, attempt: dict[str, Any], ttl: int) -> None:
+def record_attempt(pipe: Pipeline, job_id: str, attempt: dict[str, Any], ttl: int) -> None:
+    """Queue the record of one attempt on ``pipe``, which the caller executes with the rest of the attempt's
+    outcome (its retry scheduled, its hold released), so that they happen together."""
     key = keys.webhook_deliveries(job_id)
-    pipe = redis.pipeline()
     pipe.rpush(key, json.dumps(attempt, separators=(",", ":")))
     pipe.ltrim(key, -500, -1)  # a chatty job keeps its latest attempts only
     pipe.expire(key, ttl)
-    pipe.execute()
 
 
 def read_deliveries(redis: Redis, job_id: str) -> list[dict[str, Any]]:

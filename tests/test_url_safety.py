@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 import pytest
 
-from tasks.url_safety import Allowlist, UnsafeUrl, check_url
+from tasks.url_safety import Allowlist, InvalidUrl, UnsafeUrl, check_url, parse_web_url
 
 
 def resolver(table):
@@ -30,6 +32,40 @@ PUBLIC = resolver({"hooks.example.com": ["93.184.216.34"], "dual.example.com": [
 def test_refused(url):
     with pytest.raises(UnsafeUrl):
         check_url(url, resolve=PUBLIC)
+
+
+@pytest.mark.parametrize("url", [
+    # urllib.parse reads the host as "127.0.0.1\\.hooks.example.com" (public here), urllib3 as 127.0.0.1.
+    "http://127.0.0.1\\.hooks.example.com/", "http://hooks.example.com\\@127.0.0.1/", "http:\\\\127.0.0.1/",
+    "http://hooks.example.com/a\\b",
+    "http://hooks.example.com\t/", "http://hooks.example.com/\n", "http://hooks.example.com/\x00",
+    "http://hooks.example.com /", "http://hooks.example.com/\x7f", "http://hooks.example.com/\u2028",
+    "http://user@hooks.example.com/", "http://:pw@hooks.example.com/", "http://hooks.example.com@127.0.0.1/",
+    "http://hoöks.example.com/", "http://[fe80::1%25eth0]/",
+])
+def test_ambiguous_urls_are_refused_before_any_parser_reads_them(url):
+    allow_everything = Allowlist(networks=[ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0")])
+    with pytest.raises(UnsafeUrl) as refused:
+        check_url(url, allow_everything, resolve=PUBLIC)
+    assert refused.value.code == "unsafe_url" and not isinstance(refused.value, InvalidUrl)
+
+
+@pytest.mark.parametrize("url", ["ftp://hooks.example.com/", "hooks.example.com/x", "http://", "http://h:0/", 42, None])
+def test_mistakes_are_invalid_rather_than_unsafe(url):
+    with pytest.raises(InvalidUrl):
+        parse_web_url(url)
+
+
+def test_the_parsed_parts_are_the_ones_a_request_is_made_of():
+    target = check_url("HTTPS://Hooks.Example.COM:8443/a/b?x=1&y=%20#frag", resolve=PUBLIC)
+    assert (target.scheme, target.host, target.port) == ("https", "hooks.example.com", 8443)
+    assert target.request_uri == "/a/b?x=1&y=%20" and target.host_header == "hooks.example.com:8443"
+    assert target.origin == "https://hooks.example.com:8443"
+    default_port = parse_web_url("http://hooks.example.com")
+    assert default_port.request_uri == "/" and default_port.host_header == "hooks.example.com"
+    v6 = parse_web_url("http://[2606:4700::1111]:8080/x")
+    assert v6.host == "2606:4700::1111" and v6.host_header == "[2606:4700::1111]:8080"
+    assert parse_web_url("http://hooks.example.com/é").request_uri == "/%C3%A9"  # sent percent-encoded
 
 
 def test_public_urls_pass_with_the_addresses_to_connect_to():
