@@ -2,9 +2,10 @@
 
 gthread workers: a long-poll (``?wait=``) or an event stream
 (``/v1/jobs/{id}/events``) holds a thread, not a process, so threads keep the
-API answering while clients wait. Streams may last minutes, so each process
-serves at most ``GPUQ_MAX_STREAMS`` of them (api/events.py), fewer than its
-threads: the rest always answer submits and reads. gthread's ``timeout``
+API answering while clients wait. Each process serves at most
+``GPUQ_MAX_STREAMS`` streams and ``GPUQ_MAX_LONG_POLLS`` long-polls
+(api/wait_slots.py), fewer together than its threads: the rest always answer
+submits and reads. gthread's ``timeout``
 watches the worker's main loop, not a request, so a long stream is not killed
 for it. Why not gevent: see "Event streams" in the README. Settings come from
 the environment like everything else.
@@ -21,7 +22,13 @@ bind = os.environ.get("GPUQ_API_BIND", f"{os.environ.get('GPUQ_API_HOST', '127.0
                                       f"{os.environ.get('GPUQ_API_PORT', '8000')}")
 worker_class = "gthread"
 workers = int(os.environ.get("GPUQ_API_WORKERS", min(4, multiprocessing.cpu_count())))
-threads = int(os.environ.get("GPUQ_API_THREADS", "8"))
+threads = int(os.environ.get("GPUQ_API_THREADS", "16"))
+# Requests that wait (event streams, long-polls) are bounded per process (api/wait_slots.py)
+# below the threads, so that some always answer submits and reads.
+_waits = int(os.environ.get("GPUQ_MAX_STREAMS", "4")) + int(os.environ.get("GPUQ_MAX_LONG_POLLS", "8"))
+if _waits >= threads:
+    raise SystemExit(f"GPUQ_MAX_STREAMS + GPUQ_MAX_LONG_POLLS ({_waits}) must be under GPUQ_API_THREADS ({threads}): "
+                     "otherwise waiting clients can hold every thread and no submit is answered")
 # Long-polls last up to 30 s; the timeout must sit well above that.
 timeout = 60
 graceful_timeout = 30

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, jsonify
+from flask import Flask, jsonify, request
 from kombu.exceptions import OperationalError as KombuOperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -128,8 +128,9 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(RequestEntityTooLarge)
     def _too_large(error):
-        limit = app.config.get("MAX_CONTENT_LENGTH")
-        return _respond(PayloadTooLarge(f"request body is over the server's limit of {limit} bytes", field="file"))
+        # The limit of this request (api.body_limit sets one per submission), else the server's.
+        limit = request.max_content_length if request else app.config.get("MAX_CONTENT_LENGTH")
+        return _respond(PayloadTooLarge(f"request body is over the limit of {limit} bytes", field="body"))
 
     @app.errorhandler(HTTPException)
     def _http_error(error: HTTPException):

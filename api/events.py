@@ -4,25 +4,26 @@
 carrying the job object) until the job ends, fed by the job's pub/sub channel
 that every record change is announced on (tasks/jobs.py). A stream holds one
 gunicorn thread for its whole life, so each API process serves at most
-``GPUQ_MAX_STREAMS`` at once (the rest of its threads stay free for submits
-and reads; more streams get ``503`` + ``Retry-After``), and a stream closes
+``GPUQ_MAX_STREAMS`` at once, and one tenant ``GPUQ_TENANT_MAX_STREAMS`` of them
+(api/wait_slots.py: the rest of its threads stay free for submits and reads;
+more streams get ``503`` + ``Retry-After``), and a stream closes
 after ``GPUQ_STREAM_MAX_SECONDS`` with a ``reconnect`` event. See the README.
 """
 
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Iterator
 
-from flask import Blueprint, Response, current_app
+from flask import Blueprint, Response
 
-from api.errors import ServiceUnavailable
+from api.auth import current_tenant
 from api.jobs import visible_job
 from api.render import job_object
 from api.services import services
 from api.standing import standing
+from api.wait_slots import take_wait_slot
 from tasks import keys, webhooks
 
 __all__ = ["events"]
@@ -32,30 +33,18 @@ events = Blueprint("events", __name__)
 #: Seconds between comment lines on a quiet stream: they keep proxies from closing it and
 #: find a client that went away (a write to a closed socket ends the stream and frees its thread).
 _KEEPALIVE = 10.0
-_RETRY_AFTER_BUSY = 2
 
 
 @events.get("/v1/jobs/<job_id>/events")
 def job_events(job_id: str):
     svc = services()
     visible_job(svc.jobs.get(job_id), job_id)
-    slots = _stream_slots(svc.settings.max_streams)
-    if not slots.acquire(blocking=False):
-        busy = ServiceUnavailable(f"this API process already serves {svc.settings.max_streams} event streams; "
-                                  "retry shortly or long-poll GET /v1/jobs/{id}?wait=30 instead")
-        busy.code, busy.retry_after = "too_many_streams", _RETRY_AFTER_BUSY
-        raise busy
+    give_back = take_wait_slot("streams", svc.settings.max_streams, svc.settings.tenant_max_streams,
+                               current_tenant(), "long-poll GET /v1/jobs/{id}?wait=30 instead")
     response = Response(_stream(svc, job_id), mimetype="text/event-stream",
                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-    # Released when the server closes the response, even if the stream never started.
-    released = threading.Event()
-
-    def _release() -> None:
-        if not released.is_set():
-            released.set()
-            slots.release()
-
-    response.call_on_close(_release)
+    # Given back when the server closes the response, even if the stream never started.
+    response.call_on_close(give_back)
     return response
 
 
@@ -99,7 +88,3 @@ def _stream(svc, job_id: str) -> Iterator[str]:
 
 def _event(number: int, kind: str, data: dict) -> str:
     return f"id: {number}\nevent: {kind}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
-
-
-def _stream_slots(limit: int) -> threading.BoundedSemaphore:
-    return current_app.extensions.setdefault("gpuq.streams", threading.BoundedSemaphore(limit))

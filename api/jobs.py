@@ -8,11 +8,13 @@ from functools import partial
 from flask import Blueprint, request
 
 from api.auth import current_tenant
+from api.body_limit import bound_submission_body
 from api.errors import BadRequest, Conflict, Gone, NotFound, OutcomeUnknown, TooManyRequests, UnprocessableEntity
 from api.render import job_object
 from api.services import services
 from api.standing import standing
 from api.validation import parse_submission
+from api.wait_slots import take_wait_slot
 from api.waiting import wait_for_terminal
 from api.webhook_url import webhook_from_request
 from tasks.jobs import CANCELED, CANCELING, SUCCEEDED, JobRecord
@@ -31,6 +33,7 @@ _IDEMPOTENCY_KEY_MAX = 255
 def create_job():
     svc = services()
     idempotency_key = _idempotency_key()
+    bound_submission_body(request, svc.analyzers.all().values(), svc.settings.max_request_bytes)
     submission = parse_submission(request, svc.analyzers.get, svc.analyzers.names)
     webhook = webhook_from_request(request, svc.settings)
     limit = svc.queue_limits.get(submission.analyzer, submission.spec.get("max_queue_depth", 0))
@@ -75,7 +78,12 @@ def get_job(job_id: str):
     read = partial(svc.jobs.get_with, job_id, backend.get_key_for_task(job_id))
     if wait > 0:
         visible_job(svc.jobs.get(job_id), job_id)  # another tenant's job answers 404 at once, not after the wait
-        record, raw_result = wait_for_terminal(svc.redis, read, job_id, wait)
+        give_back = take_wait_slot("long_polls", svc.settings.max_long_polls, svc.settings.tenant_max_long_polls,
+                                   current_tenant(), "follow GET /v1/jobs/{id}/events, or poll without wait")
+        try:
+            record, raw_result = wait_for_terminal(svc.redis, read, job_id, wait)
+        finally:
+            give_back()
     else:
         record, raw_result = read()
     record = visible_job(record, job_id)

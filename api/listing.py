@@ -40,6 +40,7 @@ def list_own_jobs():
 def _limit(raw: str | None) -> int:
     if raw is None:
         return _DEFAULT_LIMIT
-    if not raw.isdigit() or not 1 <= int(raw) <= _MAX_LIMIT:
+    # isdecimal(), not isdigit(): "²" is a digit that int() refuses. ASCII only: int() takes "١٢" too.
+    if not (raw.isascii() and raw.isdecimal()) or not 1 <= int(raw) <= _MAX_LIMIT:
         raise BadRequest(f"limit must be a whole number from 1 to {_MAX_LIMIT}", field="limit")
     return int(raw)

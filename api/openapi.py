@@ -8,10 +8,14 @@ API with schemathesis against it.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from flask import Blueprint
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from api.services import services
 from tasks.tenants import CURSOR_PATTERN
 
 __all__ = ["document", "openapi"]
@@ -103,18 +107,28 @@ _TOO_LONG = {"414": {"description": "request line too long (gunicorn)",
 _KEYED = {**_TOO_LONG, "401": _error("no API key, or not a valid one"),
           "429": {**_error("over the tenant's rate limit"), "headers": _RETRY_AFTER},
           "503": {**_error("Redis unreachable"), "headers": _RETRY_AFTER}}
+#: One event of a job's stream, as an event-stream parser reads it.
+_SSE_EVENT = {"type": "object", "required": ["event", "data", "id"],
+              "properties": {"event": {"type": "string", "enum": ["status", "progress", "expired", "reconnect"]},
+                             "data": {"type": "string", "description": "a JSON object: the job, or its id"},
+                             "id": {"type": "string", "pattern": "^[0-9]+$"}}}
 _JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string", "maxLength": 64}}
 
 
-def document() -> dict[str, Any]:
-    """The OpenAPI document (a new dict each call)."""
+def document(analyzers: list[str] | None = None) -> dict[str, Any]:
+    """The OpenAPI document (a new dict each call); ``analyzers``, the names served now, become the
+    enum of a submission's ``analyzer`` (a name outside it answers 422 ``unknown_analyzer``)."""
+    schemas = copy.deepcopy(_SCHEMAS)
+    if analyzers:
+        for submission in ("JobSubmission", "FormSubmission"):
+            schemas[submission]["properties"]["analyzer"]["enum"] = sorted(analyzers)
     return {
         "openapi": "3.0.3",
         "info": {"title": "gpuq", "version": "1",
                  "description": "A job service for PyTorch models on GPUs. Every /v1 call needs "
                                 "`Authorization: Bearer <key>` unless the server runs with GPUQ_AUTH=off."},
         "components": {
-            "schemas": _SCHEMAS,
+            "schemas": schemas,
             "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer"}},
         },
         "paths": {
@@ -131,7 +145,9 @@ def document() -> dict[str, Any]:
                         "202": {**_json("accepted", "Job", _LOCATION), "links": {
                             "GetJob": {"operationId": "getJob", "parameters": {"job_id": "$response.body#/id"}},
                             "CancelJob": {"operationId": "cancelJob", "parameters": {"job_id": "$response.body#/id"}}}},
-                        "400": _error("malformed request"), "413": _error("over a size limit"),
+                        "400": _error("malformed request"),
+                        "413": _error("the body over the most any analyzer takes (checked before it is read), "
+                                      "or the input over its analyzer's limit"),
                         "415": _error("not a type the analyzer takes"),
                         "422": _error("a field is not valid"),
                         **_KEYED,
@@ -167,7 +183,11 @@ def document() -> dict[str, Any]:
                                     "schema": {"type": "number", "minimum": 0, "maximum": 30}}],
                     "responses": {"200": _json("the job", "Job"), "400": _error("wait is not valid"),
                                   "404": _error("no such job (or another tenant's)"),
-                                  "410": _error("its result has expired"), **_KEYED},
+                                  "410": _error("its result has expired"), **_KEYED,
+                                  "503": {**_error("Redis unreachable; or, with code too_many_long_polls, this "
+                                                   "API process (or the tenant's share of it) holds its most "
+                                                   "long-polls: read without wait, or retry after Retry-After"),
+                                          "headers": _RETRY_AFTER}},
                 },
                 "delete": {
                     "operationId": "cancelJob", "security": [{"apiKey": []}],
@@ -181,12 +201,15 @@ def document() -> dict[str, Any]:
                 "parameters": [_JOB_ID],
                 "get": {
                     "operationId": "jobEvents", "security": [{"apiKey": []}],
-                    "responses": {"200": {"description": "server-sent events (status, progress) until the job ends",
-                                          "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                    "responses": {"200": {"description": "server-sent events until the job ends: status and "
+                                                         "progress (data: the job object), expired, reconnect",
+                                          "content": {"text/event-stream": {"schema": _SSE_EVENT}}},
                                   "404": _error("no such job (or another tenant's)"),
                                   "410": _error("its result has expired"),
-                                  "503": {**_error("this process serves its most streams"), "headers": _RETRY_AFTER},
-                                  **_KEYED},
+                                  **_KEYED,
+                                  "503": {**_error("Redis unreachable; or, with code too_many_streams, this API "
+                                                   "process (or the tenant's share of it) serves its most streams"),
+                                          "headers": _RETRY_AFTER}},
                 },
             },
             "/v1/jobs/{job_id}/deliveries": {
@@ -218,4 +241,8 @@ def document() -> dict[str, Any]:
 
 @openapi.get("/openapi.json")
 def serve():
-    return document()
+    try:
+        names = services().analyzers.names()
+    except (RedisConnectionError, RedisTimeoutError):
+        names = None  # the document without the names of the day, rather than none
+    return document(names)

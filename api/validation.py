@@ -18,6 +18,7 @@ from flask import Request
 from jsonschema import Draft202012Validator
 from werkzeug.exceptions import BadRequest as WerkzeugBadRequest
 
+from api.body_limit import check_body_for
 from api.errors import BadRequest, PayloadTooLarge, UnprocessableEntity, UnsupportedMediaType
 from api.form import Upload, submitted_form
 from tasks import strict_json
@@ -75,6 +76,7 @@ def parse_submission(request: Request, lookup_spec: SpecLookup, known_names: Cal
             field="body")
 
     spec = _analyzer_spec(analyzer, lookup_spec, known_names)
+    check_body_for(request, spec)
     _check_params(params, spec)
     if upload is not None and upload.filename:
         if json_input is not _MISSING:

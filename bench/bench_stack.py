@@ -48,10 +48,14 @@ class BenchStack:
         self._started = 0
 
     def start_api(self, clients: int, workers: int = 2) -> str:
-        # Each waiting client holds a gunicorn thread for its long-poll: give every
-        # client one, plus a few for submits, so the API never queues a request.
-        threads = max(8, -(-clients // workers) + 4)
-        env = {**self.env, "GPUQ_API_THREADS": str(threads)}
+        # Each waiting client holds a gunicorn thread for its long-poll: let every client have
+        # one in any process (the kernel may hand one process more than its share of
+        # connections; the clients are one tenant), with threads for streams and submits
+        # beside them, so the API never queues or refuses a request.
+        long_polls = max(8, clients)
+        threads = long_polls + 4 + 4  # GPUQ_MAX_STREAMS is 4
+        env = {**self.env, "GPUQ_API_THREADS": str(threads), "GPUQ_MAX_LONG_POLLS": str(long_polls),
+               "GPUQ_TENANT_MAX_LONG_POLLS": str(long_polls)}
         self.api, self.url = start_api(env, self.directory, workers=workers)
         self._processes.append(self.api)
         self.api_shape = f"{workers} gunicorn processes x {threads} threads"

@@ -29,7 +29,15 @@ from typing import IO, Any
 
 import requests
 
-from gpuq.client_errors import ConnectionFailed, GpuqError, JobFailed, WaitTimeout, error_for
+from gpuq.client_errors import (
+    ConnectionFailed,
+    GpuqError,
+    JobFailed,
+    TooManyLongPolls,
+    Unavailable,
+    WaitTimeout,
+    error_for,
+)
 
 __all__ = ["Client", "Event", "Job", "TERMINAL"]
 
@@ -37,6 +45,8 @@ TERMINAL = frozenset({"succeeded", "failed", "canceled"})
 _MISSING: Any = object()
 #: The API's longest long-poll, seconds.
 _MAX_WAIT = 30.0
+#: 503 codes a long-poll is answered when the API holds all the waits it will: not retried, read instead.
+_BUSY_WAITING = frozenset({TooManyLongPolls.code})
 
 
 @dataclass(frozen=True)
@@ -148,8 +158,16 @@ class Client:
         while True:
             remaining = _MAX_WAIT if deadline is None else deadline - time.monotonic()
             step = max(0.0, min(_MAX_WAIT, remaining))
-            job = Job.from_dict(self._request("GET", f"/v1/jobs/{job_id}", params={"wait": f"{step:.3f}"},
-                                              timeout=step + self.timeout).json())
+            try:
+                job = Job.from_dict(self._request("GET", f"/v1/jobs/{job_id}", params={"wait": f"{step:.3f}"},
+                                                  timeout=step + self.timeout, raise_at_once=_BUSY_WAITING).json())
+            except Unavailable as busy:
+                if busy.code not in _BUSY_WAITING:
+                    raise
+                # The API holds all the long-polls it will (README: Limits): read now, then wait as asked.
+                job = self.get(job_id)
+                if not job.done:
+                    time.sleep(max(0.0, min(busy.retry_after or 2.0, step)))
             if job.done:
                 return job
             if deadline is not None and time.monotonic() >= deadline:
@@ -231,7 +249,10 @@ class Client:
         return session
 
     def _request(self, method: str, path: str, *, headers: dict[str, str] | None = None,
-                 timeout: Any = None, sleep: Callable[[float], None] = time.sleep, **kwargs: Any) -> requests.Response:
+                 timeout: Any = None, sleep: Callable[[float], None] = time.sleep,
+                 raise_at_once: frozenset[str] = frozenset(), **kwargs: Any) -> requests.Response:
+        """The answer to a request; 429 and 503 are retried with backoff, unless their code is in
+        ``raise_at_once``, and connection failures too."""
         headers = dict(headers or {})
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
@@ -249,15 +270,16 @@ class Client:
             if response.status_code < 400:
                 return response
             retry_after = _retry_after(response.headers.get("Retry-After"))
-            if response.status_code in (429, 503) and not last:
-                response.close()
-                sleep(min(self.max_backoff, max(delay, retry_after or 0.0)))
-                continue
             try:
                 body = response.json()
             except ValueError:
                 body = None
-            raise error_for(response.status_code, body, retry_after)
+            error = error_for(response.status_code, body, retry_after)
+            if response.status_code in (429, 503) and not last and error.code not in raise_at_once:
+                response.close()
+                sleep(min(self.max_backoff, max(delay, retry_after or 0.0)))
+                continue
+            raise error
         raise GpuqError("unreachable")  # pragma: no cover
 
 

@@ -12,7 +12,8 @@ from typing import Any
 __all__ = [
     "AlreadyFinished", "ApiError", "BadRequest", "ConnectionFailed", "Expired", "GpuqError",
     "IdempotencyKeyReused", "InternalError", "InvalidField", "JobFailed", "MalformedJson", "MissingField",
-    "NotFound", "OutcomeUnknown", "PayloadTooLarge", "QueueFull", "TooManyStreams", "Unauthorized", "Unavailable",
+    "NotFound", "OutcomeUnknown", "PayloadTooLarge", "QueueFull", "TooManyLongPolls", "TooManyStreams",
+    "Unauthorized", "Unavailable",
     "UnknownAnalyzer", "UnsupportedMediaType", "WaitTimeout", "WebhooksDisabled", "error_for",
 ]
 
@@ -151,11 +152,18 @@ class TooManyStreams(Unavailable):
     code = "too_many_streams"
 
 
+class TooManyLongPolls(Unavailable):
+    """Raised when the API process, or this tenant's share of it, holds as many long-polls as it may;
+    ``Client.wait`` reads the job instead and waits ``retry_after`` before asking again."""
+    code = "too_many_long_polls"
+
+
 _BY_CODE: dict[str, type[ApiError]] = {}
 _BY_STATUS: dict[int, type[ApiError]] = {}
 for _cls in (BadRequest, MalformedJson, Unauthorized, NotFound, AlreadyFinished, Expired, PayloadTooLarge,
              UnsupportedMediaType, InvalidField, MissingField, UnknownAnalyzer, IdempotencyKeyReused,
-             WebhooksDisabled, QueueFull, InternalError, Unavailable, OutcomeUnknown, TooManyStreams):
+             WebhooksDisabled, QueueFull, InternalError, Unavailable, OutcomeUnknown, TooManyStreams,
+             TooManyLongPolls):
     _BY_CODE[_cls.code] = _cls
     _BY_STATUS.setdefault(_cls.status, _cls)
 _BY_CODE["conflict"] = AlreadyFinished

@@ -94,6 +94,12 @@ class Settings:
     webhook_max_held: int = 1000
     #: Server-sent event streams one API process serves at once (each holds a gunicorn thread).
     max_streams: int = 4
+    #: Of those, the most one tenant may hold.
+    tenant_max_streams: int = 2
+    #: Long-polls (``?wait=``) one API process serves at once (each holds a gunicorn thread too).
+    max_long_polls: int = 8
+    #: Of those, the most one tenant may hold.
+    tenant_max_long_polls: int = 4
     #: Seconds an event stream stays open before the client is asked to reconnect.
     stream_max_seconds: float = 300.0
     #: Threads torch may use for its CPU work in each worker process (``gpu_worker.devices.limit_torch_threads``).

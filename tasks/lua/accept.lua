@@ -21,8 +21,11 @@ if redis.call('EXISTS', KEY.job) == 1 then return {'created', ''} end
 -- (void.lua): it must stay so.
 if redis.call('EXISTS', KEY.void) == 1 then return refuse('voided', '') end
 if ARG.idempotency ~= '' then
+  -- A key lives and dies with its job's record ("<fingerprint>|<job id>"): once that record has
+  -- expired the key names nothing, and the request makes a new job.
   local existing = redis.call('GET', KEY.idempotency)
-  if existing then return refuse('existing', existing) end
+  local earlier = existing and string.match(existing, '|(.+)$')
+  if earlier and redis.call('EXISTS', ARG.job_prefix .. earlier) == 1 then return refuse('existing', existing) end
 end
 local limit = tonumber(ARG.queue_limit)
 if limit > 0 then
