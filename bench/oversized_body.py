@@ -18,6 +18,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -45,12 +46,17 @@ def send_oversized(url: str, *, chunked: bool, mimetype: str = "application/json
     answered = threading.Event()
 
     def send_body() -> None:
-        piece, sent = b'{"analyzer": "noop", "input": "' + b"x" * _PIECE, 0
+        # Valid JSON of exactly 60 MiB, so that a server that reads it all finds nothing else wrong with it.
+        head, tail = b'{"analyzer": "noop", "input": "', b'"}'
+        sent = 0
         try:
             while not answered.is_set() and sent < SIXTY_MIB:
+                piece = head if sent == 0 else b"x" * min(_PIECE, SIXTY_MIB - sent - len(tail))
+                piece = piece or tail
                 sock.sendall(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
                 sent += len(piece)
-                piece = b"x" * _PIECE
+            if chunked and not answered.is_set():
+                sock.sendall(b"0\r\n\r\n")
         except OSError:
             pass  # the server closed its side: it has answered
 
@@ -96,16 +102,16 @@ def main() -> None:
             baseline = sorted(small)[len(small) // 2]
             print(f"baseline: a small submit answers in {baseline * 1000:.1f} ms (median of {len(small)})")
             for chunked in (False, True):
-                times = []
+                times, statuses = [], Counter()
                 for _ in range(args.rounds):
                     with ThreadPoolExecutor(4) as pool:
                         answers = list(pool.map(lambda c: send_oversized(stack.url, chunked=c), [chunked] * 4))
-                    assert all(line.startswith(b"HTTP/1.1 413") for line, _ in answers), answers
                     times += [seconds for _, seconds in answers]
+                    statuses.update(line.decode() for line, _ in answers)
                 worst, median = max(times), sorted(times)[len(times) // 2]
                 print(f"60 MiB body, {'chunked' if chunked else 'Content-Length'}, 4 at once x {args.rounds}: "
                       f"413 in {median * 1000:.1f} ms median ({median / baseline:.1f}x the small submit), "
-                      f"{worst * 1000:.1f} ms worst")
+                      f"{worst * 1000:.1f} ms worst; answers: {dict(statuses)}")
             print(f"API processes' peak RSS: {api_peak_rss_mb(stack.api_process.pid)} MB")
         finally:
             stack.stop()
