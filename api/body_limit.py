@@ -20,7 +20,7 @@ from typing import Any
 
 from flask import Request
 
-from api.errors import PayloadTooLarge
+from api.errors import BadRequest, PayloadTooLarge
 
 __all__ = ["ENVELOPE_BYTES", "bound_submission_body", "check_body_for"]
 
@@ -62,7 +62,14 @@ def _take_chunked_body(request: Request, limit: int) -> int:
     ``limit`` as soon as it is over, having kept no more than that. Readers of the request then read
     the spool."""
     source, spool, length = request.environ["wsgi.input"], tempfile.SpooledTemporaryFile(_SPOOL_IN_MEMORY), 0
-    while chunk := source.read(_READ_SIZE):
+    while True:
+        try:
+            chunk = source.read(_READ_SIZE)
+        except Exception:  # noqa: BLE001 - the server's own parse errors (gunicorn's are not OSErrors)
+            spool.close()
+            raise BadRequest("the chunked body is malformed or was cut off", field="body") from None
+        if not chunk:
+            break
         length += len(chunk)
         if length > limit:
             spool.close()

@@ -4,6 +4,7 @@ API keys for three tenants (one gunicorn process: the bounds below are per proce
 
 from __future__ import annotations
 
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -61,6 +62,29 @@ def test_the_413_names_the_body_and_the_limit(stack):
     assert response.status_code == 413, response.text
     error = response.json()["error"]
     assert error["field"] == "body" and str(128 * 1024) in error["message"]  # 64 KiB input + 64 KiB envelope
+
+
+def _raw_status(url: str, request: bytes) -> bytes:
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(request)
+        return sock.recv(65536).split(b"\r\n", 1)[0]
+
+
+@pytest.mark.parametrize("framing", [b"zz\r\n{}\r\n0\r\n\r\n", b"2\r\n{}XX0\r\n\r\n", b"2;\x01\r\n{}\r\n0\r\n\r\n"],
+                         ids=["chunk size", "terminator", "extension"])
+def test_a_malformed_chunked_body_is_a_400(stack, framing):
+    request = (b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer key-of-alice\r\n"
+               b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n" + framing)
+    assert _raw_status(stack.url, request).startswith(b"HTTP/1.1 400"), framing
+
+
+def test_a_well_formed_chunked_body_is_taken(stack):
+    body = b'{"analyzer": "noop", "input": {"n": 1}}'
+    request = (b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer key-of-alice\r\n"
+               b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+               + b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
+    assert _raw_status(stack.url, request).startswith(b"HTTP/1.1 202")
 
 
 @pytest.mark.parametrize("query", ["limit=²", "limit=١٢", "limit=0x10", "limit=", "limit=101", "status=done",
