@@ -12,8 +12,12 @@ that goes wrong raises ``InvalidInput`` with a message meant for the client.
 
 from __future__ import annotations
 
+import contextlib
 import io
+import math
 import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -36,14 +40,21 @@ MAX_PIXELS = 40_000_000
 MAX_FRAMES = 100_000
 #: Most array elements in one .npy or HDF5 dataset (256 MiB as float32).
 MAX_ELEMENTS = 64 * 2**20
-#: Most bytes one .npy or HDF5 array may take once read: a compressed (or never
-#: written, fill-value) HDF5 dataset of a few KiB can otherwise claim gigabytes.
+#: Most bytes decoding one .npy or HDF5 array may hold: the array in its own
+#: dtype, an HDF5 chunk being decompressed and the work of one frame. A
+#: compressed (or never written, fill-value) HDF5 dataset of a few KiB can
+#: otherwise claim gigabytes.
 MAX_DECODED_BYTES = 256 * 2**20
 #: Images larger than this (longest side) are shrunk first: 8x8 needs no more.
 _WORK_SIDE = 512
 #: Fraction of the ink's full strength that counts as ink when cropping; lower
 #: levels are background noise (JPEG ringing, paper texture).
 _INK_THRESHOLD = 0.3
+#: A frame is turned into ink levels (float64) at most this many values at a
+#: time (4 MiB): a big frame then costs little more than its own bytes.
+_TILE_VALUES = 2**19
+#: Stack frames are read (from HDF5: decompressed) about this many bytes at a time.
+_READ_BYTES = 16 * 2**20
 
 MEDIA_TYPES = ("image/png", "image/jpeg", "application/x-npy", "application/x-hdf5")
 
@@ -63,12 +74,13 @@ def decode_frames(data: bytes, media_type: str | None, params: dict[str, Any] | 
         return _decode_image(data, media_type)[None], False
     if media_type == "application/x-npy":
         array = _load_npy(data)
-        return _array_to_frames(array), array.ndim == 3
+        stack = array if array.ndim == 3 else array[None]
+        return _stack_to_frames(stack.__getitem__, stack.shape, stack.dtype, single=array.ndim == 2), array.ndim == 3
     if media_type == "application/x-hdf5":
         dataset = params.get("dataset")
         if dataset is not None and not isinstance(dataset, str):
             raise InvalidInput("params.dataset must be a string")
-        return _array_to_frames(_load_h5(data, dataset)), True
+        return _decode_h5(data, dataset), True
     raise InvalidInput(f"unsupported media type {media_type!r}; expected one of {', '.join(MEDIA_TYPES)}")
 
 
@@ -80,28 +92,22 @@ def to_digit_frame(gray: np.ndarray, *, blank_ok: bool = False) -> np.ndarray:
 
     A frame without contrast has no digit: it becomes zeros when ``blank_ok``
     (a frame in a stack must not fail its neighbours), else ``InvalidInput``.
+    The frame stays in its own dtype: it is turned into float ink levels a tile
+    at a time, so a big frame never has a float copy of its own size.
     """
-    g = np.asarray(gray, dtype=np.float64)
-    lo, hi = float(g.min()), float(g.max())
+    frame = np.asarray(gray)
+    if frame.dtype == np.bool_:
+        frame = frame.view(np.uint8)  # the border's median needs numbers
+    lo, hi = float(frame.min()), float(frame.max())
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise InvalidInput("the array contains NaN or infinite values")
     if hi - lo <= 1e-12 * max(1.0, abs(hi)):
-        if blank_ok:
-            return np.zeros((8, 8), np.float32)
-        raise InvalidInput("the image is blank: it has no contrast, so no digit can be found")
-    g = (g - lo) / (hi - lo)
-    # The border is background: if it is light, the ink is dark, so flip.
-    if _border(g).mean() > 0.5:
-        g = 1.0 - g
-    # Background to 0 (its median, so a few ink pixels touching the edge do not
-    # shift it), ink to 1.
-    g = np.clip(g - float(np.median(_border(g))), 0.0, None)
-    peak = float(g.max())
-    if peak <= 1e-12:
-        if blank_ok:
-            return np.zeros((8, 8), np.float32)
-        raise InvalidInput("the image is blank: no ink stands out from its background")
-    g /= peak
-    g = _crop_to_square(g)
-    small = _resize(g, 8)
+        return _blank(blank_ok, "the image is blank: it has no contrast, so no digit can be found")
+    levels = _InkLevels.measure(frame, lo, hi)
+    if levels.peak <= 1e-12:
+        return _blank(blank_ok, "the image is blank: no ink stands out from its background")
+    ink = _ink_reader(frame, levels)
+    small = _square_to_8x8(ink, _ink_box(ink, frame.shape))
     top = float(small.max())
     if top <= 0:
         return np.zeros((8, 8), np.float32)
@@ -110,35 +116,134 @@ def to_digit_frame(gray: np.ndarray, *, blank_ok: bool = False) -> np.ndarray:
     return (small * (16.0 / top)).astype(np.float32)
 
 
-def _border(g: np.ndarray) -> np.ndarray:
-    """The outer ring of ``g``: a few pixels wide on big images, one on small ones."""
-    k = max(1, min(g.shape) // 32)
-    return np.concatenate([g[:k].ravel(), g[-k:].ravel(), g[k:-k, :k].ravel(), g[k:-k, -k:].ravel()])
+def _blank(blank_ok: bool, message: str) -> np.ndarray:
+    if blank_ok:
+        return np.zeros((8, 8), np.float32)
+    raise InvalidInput(message)
 
 
-def _crop_to_square(g: np.ndarray) -> np.ndarray:
-    """Crop to the ink's bounding box and centre it in a square of its longer side.
+@dataclass(frozen=True)
+class _InkLevels:
+    """How a frame's values map to ink levels: its background 0, its strongest ink 1.
+
+    Measured once on the frame's border, then applied a tile at a time with
+    the very operations, in the same order, that a whole-frame float64 copy
+    would go through: a tile's levels are those of that copy, to the bit.
+    """
+
+    lo: float
+    span: float
+    flip: bool
+    background: float
+    peak: float
+
+    @classmethod
+    def measure(cls, frame: np.ndarray, lo: float, hi: float) -> _InkLevels:
+        span = hi - lo
+        ring = _border(frame, np.float64)
+        ring -= lo
+        ring /= span
+        # The border is background: if it is light, the ink is dark, so flip.
+        flip = bool(ring.mean() > 0.5)
+        if flip:
+            np.subtract(1.0, ring, out=ring)
+        # Background to 0 (its median, so a few ink pixels touching the edge do
+        # not shift it), ink to 1.
+        background = float(np.median(ring, overwrite_input=True))
+        # Normalised (flipped or not), the frame's strongest value is exactly
+        # 1.0: what the strongest ink keeps above the background is known
+        # without a pass over the frame.
+        return cls(lo, span, flip, background, peak=max(1.0 - background, 0.0))
+
+    def of(self, tile: np.ndarray) -> np.ndarray:
+        """Ink levels (float64, 0..1) of part of the frame."""
+        g = tile.astype(np.float64)
+        g -= self.lo
+        g /= self.span
+        if self.flip:
+            np.subtract(1.0, g, out=g)
+        g -= self.background
+        np.clip(g, 0.0, None, out=g)
+        g /= self.peak
+        return g
+
+
+#: Ink levels of the frame's rows and columns named by two slices.
+_InkReader = Callable[[slice, slice], np.ndarray]
+
+
+def _ink_reader(frame: np.ndarray, levels: _InkLevels) -> _InkReader:
+    if frame.size <= _TILE_VALUES:
+        whole = levels.of(frame)  # small: converted once, then read twice
+        return lambda rows, cols: whole[rows, cols]
+    return lambda rows, cols: levels.of(frame[rows, cols])
+
+
+def _border(g: np.ndarray, dtype: Any = None) -> np.ndarray:
+    """The outer ring of ``g`` (as ``dtype``): a few pixels wide on big images, one on small ones."""
+    k = _border_width(g.shape)
+    return np.concatenate([g[:k].ravel(), g[-k:].ravel(), g[k:-k, :k].ravel(), g[k:-k, -k:].ravel()], dtype=dtype)
+
+
+def _border_width(shape: tuple[int, ...]) -> int:
+    return max(1, min(shape) // 32)
+
+
+def _tiles(height: int, width: int, row_width: int) -> Iterator[tuple[slice, list[slice]]]:
+    """Rows in groups that take about ``_TILE_VALUES`` values when each row is
+    ``row_width`` wide, with each group's columns cut into tiles of at most that many."""
+    rows_per_group = max(1, _TILE_VALUES // row_width)
+    columns = [slice(c, min(width, c + _TILE_VALUES)) for c in range(0, width, _TILE_VALUES)]
+    for r in range(0, height, rows_per_group):
+        yield slice(r, min(height, r + rows_per_group)), columns
+
+
+def _ink_box(ink: _InkReader, shape: tuple[int, int]) -> tuple[slice, slice]:
+    """The rows and columns of the ink's bounding box (levels from ``_INK_THRESHOLD`` up)."""
+    inked_rows, inked_cols = np.zeros(shape[0], bool), np.zeros(shape[1], bool)
+    for rows, columns in _tiles(*shape, row_width=shape[1]):
+        for cols in columns:
+            mask = ink(rows, cols) >= _INK_THRESHOLD
+            inked_rows[rows] |= mask.any(1)
+            inked_cols[cols] |= mask.any(0)
+    rows, cols = np.flatnonzero(inked_rows), np.flatnonzero(inked_cols)
+    return slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1)
+
+
+def _square_to_8x8(ink: _InkReader, box: tuple[slice, slice]) -> np.ndarray:
+    """Centre the ink's box in a square of its longer side, and area-average that to 8x8.
 
     No margin: scikit-learn's digits span all 8 rows (the width varies), so a
-    tall digit must fill the height as theirs do.
+    tall digit must fill the height as theirs do. Pillow's BOX resize averages
+    each row across first, then down the columns of those averages: doing the
+    rows a group at a time gives the same numbers without the whole square.
     """
-    mask = g >= _INK_THRESHOLD
-    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
-    g = g[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
-    h, w = g.shape
-    side = max(h, w)
-    out = np.zeros((side, side), np.float64)
-    top, left = (side - h) // 2, (side - w) // 2
-    out[top : top + h, left : left + w] = g
-    return out
+    rows, cols = box
+    height, width = rows.stop - rows.start, cols.stop - cols.start
+    side = max(height, width)
+    top, left = (side - height) // 2, (side - width) // 2
+    if side * side <= _TILE_VALUES:  # small: the whole square, in one resize
+        square = np.zeros((side, side), np.float32)
+        square[top : top + height, left : left + width] = ink(rows, cols)
+        return _resize(square, 8, 8)
+    across = np.zeros((side, 8), np.float32)  # each row of the square averaged to 8 values
+    for group, tiles in _tiles(height, width, row_width=side):
+        square_rows = np.zeros((group.stop - group.start, side), np.float32)
+        for tile in tiles:
+            square_rows[:, left + tile.start : left + tile.stop] = ink(
+                slice(rows.start + group.start, rows.start + group.stop),
+                slice(cols.start + tile.start, cols.start + tile.stop),
+            )
+        across[top + group.start : top + group.stop] = _resize(square_rows, 8, len(square_rows))
+    return _resize(across, 8, 8)
 
 
-def _resize(g: np.ndarray, side: int) -> np.ndarray:
-    """Area-average (antialiased) ``g`` to side x side, like counting pixels in blocks."""
+def _resize(g: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Area-average (antialiased) ``g`` to width x height, like counting pixels in blocks."""
     from PIL import Image
 
     img = Image.fromarray(np.ascontiguousarray(g, dtype=np.float32), mode="F")
-    return np.asarray(img.resize((side, side), Image.Resampling.BOX), dtype=np.float32)
+    return np.asarray(img.resize((width, height), Image.Resampling.BOX), dtype=np.float32)
 
 
 # -- images ------------------------------------------------------------------
@@ -162,7 +267,9 @@ def _decode_image(data: bytes, media_type: str) -> np.ndarray:
                 # Let the JPEG decoder downscale by up to 8x for free.
                 img.draft(None, (_WORK_SIDE, _WORK_SIDE))
             img.load()
-            img = ImageOps.exif_transpose(img)  # photos carry their rotation in EXIF
+            # Photos carry their rotation in EXIF. In place: otherwise an
+            # image that needs no turning is copied whole.
+            ImageOps.exif_transpose(img, in_place=True)
             gray = _to_gray(img)
     except InvalidInput:
         raise
@@ -174,21 +281,36 @@ def _decode_image(data: bytes, media_type: str) -> np.ndarray:
 
 
 def _to_gray(img: Any) -> np.ndarray:
-    """A Pillow image of any mode -> 2-D float array (its own range), shrunk to work size."""
-    from PIL import Image
+    """A Pillow image of any mode -> 2-D float array (its own range), shrunk to work size.
 
-    if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
-        img = img.convert("I")  # 16/32-bit grayscale: keep the precision; the range is normalised later
-    elif img.mode != "F":
-        has_alpha = img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in img.info
-        img = img.convert("RGBA" if has_alpha else "L")
-    # Shrink in Pillow, on 8-bit pixels, before anything becomes float32: a
-    # 40-megapixel RGBA image would otherwise take 640 MB.
-    if max(img.size) > _WORK_SIDE:
-        scale = _WORK_SIDE / max(img.size)
-        img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.Resampling.BOX)
+    Shrunk in Pillow, on integer pixels, before anything becomes float32 (a
+    40-megapixel RGBA image would otherwise take 640 MB), and before any
+    conversion that would copy it whole into a wider mode, where shrinking
+    first gives the same pixels.
+    """
+    if img.mode.startswith("I;16"):
+        # 16-bit grayscale: keep the precision; the range is normalised later.
+        # Pillow rounds a 16-bit resize as it does a 32-bit one.
+        img = _shrink_to_work_size(img).convert("I")
+    elif img.mode == "LA":
+        img = _shrink_to_work_size(img).convert("RGBA")  # its alpha is premultiplied for the resize either way
+    elif img.mode not in ("I", "F"):
+        has_alpha = img.mode in ("RGBA", "PA", "La", "RGBa") or "transparency" in img.info
+        mode = "RGBA" if has_alpha else "L"
+        if img.mode != mode:  # converting to its own mode would copy it
+            img = img.convert(mode)
+    img = _shrink_to_work_size(img)
     arr = np.asarray(img, dtype=np.float32)
     return _flatten_alpha(arr) if img.mode == "RGBA" else arr
+
+
+def _shrink_to_work_size(img: Any) -> Any:
+    from PIL import Image
+
+    if max(img.size) <= _WORK_SIDE:
+        return img
+    scale = _WORK_SIDE / max(img.size)
+    return img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.Resampling.BOX)
 
 
 def _flatten_alpha(rgba: np.ndarray) -> np.ndarray:
@@ -210,8 +332,11 @@ def _flatten_alpha(rgba: np.ndarray) -> np.ndarray:
 # -- arrays ------------------------------------------------------------------
 
 
-def _check_array(shape: tuple[int, ...], dtype: np.dtype, what: str) -> None:
-    """Refuse arrays that are not a 2-D image or a 3-D stack of numbers, or are too big."""
+def _check_array(shape: tuple[int, ...], dtype: np.dtype, what: str, chunk_bytes: int = 0) -> None:
+    """Refuse arrays that are not a 2-D image or a 3-D stack of numbers, or are too big to decode.
+
+    ``chunk_bytes``: the size of one HDF5 chunk, decompressed whole to read any part of it.
+    """
     numeric = np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating) or dtype == np.bool_
     if dtype.hasobject or not numeric:
         raise InvalidInput(f"{what} has dtype {dtype}; expected integers, floats or booleans")
@@ -224,8 +349,22 @@ def _check_array(shape: tuple[int, ...], dtype: np.dtype, what: str) -> None:
     size = int(np.prod(shape, dtype=np.int64))
     if size > MAX_ELEMENTS:
         raise InvalidInput(f"{what} holds {size} elements; the limit is {MAX_ELEMENTS}")
-    if size * dtype.itemsize > MAX_DECODED_BYTES:
-        raise InvalidInput(f"{what} takes {size * dtype.itemsize} bytes once read; the limit is {MAX_DECODED_BYTES}")
+    held = size * dtype.itemsize + chunk_bytes + _frame_work_bytes(*shape[-2:])
+    if held > MAX_DECODED_BYTES:
+        raise InvalidInput(
+            f"{what} takes {held} bytes once read, with the work of decoding it; the limit is {MAX_DECODED_BYTES}"
+        )
+
+
+def _frame_work_bytes(height: int, width: int) -> int:
+    """What ``to_digit_frame`` holds besides the frame and its fixed-size tiles."""
+    k = _border_width((height, width))
+    ring = 2 * k * width + 2 * k * max(0, height - 2 * k)  # as many values as _border takes
+    side = max(height, width)
+    # The ring in float64; the padded square's rows averaged to 8 float32 each,
+    # and one row of the square (when it is wider than a tile), both with
+    # Pillow's copy.
+    return 8 * ring + 2 * 4 * (8 + 1) * side
 
 
 def _load_npy(data: bytes) -> np.ndarray:
@@ -257,22 +396,42 @@ def _load_npy(data: bytes) -> np.ndarray:
     return flat.reshape(shape, order="F" if fortran else "C")
 
 
-def _load_h5(data: bytes, name: str | None) -> np.ndarray:
+def _decode_h5(data: bytes, name: str | None) -> np.ndarray:
+    """The dataset's frames, read from the file a few at a time."""
     import h5py
 
-    try:
-        with h5py.File(io.BytesIO(data), "r") as f:
+    with _h5_errors():
+        f = h5py.File(io.BytesIO(data), "r")
+    with f:
+        with _h5_errors():
             ds = _find_dataset(f, name)
             shape, dtype = tuple(ds.shape), ds.dtype
-            _check_array(shape, dtype, f"HDF5 dataset {ds.name!r}")
+            # A chunk is decompressed whole, even to read one frame of it.
+            chunk_bytes = int(np.prod(ds.chunks, dtype=np.int64)) * dtype.itemsize if ds.chunks else 0
+            _check_array(shape, dtype, f"HDF5 dataset {ds.name!r}", chunk_bytes)
             # External storage and virtual datasets read other files: not the
             # uploader's to name on this machine.
             if ds.external or ds.is_virtual:
                 raise InvalidInput(f"HDF5 dataset {ds.name!r} refers to data outside the file; not supported")
-            return np.asarray(ds[()])
-    except InvalidInput:
+
+        def read(frames: slice) -> np.ndarray:
+            with _h5_errors():
+                return np.asarray(ds[frames] if ds.ndim == 3 else ds[()][None])
+
+        stack_shape = shape if len(shape) == 3 else (1, *shape)
+        # Whole chunks along the frames, so that no chunk is decompressed twice.
+        chunk_frames = ds.chunks[0] if ds.chunks and len(shape) == 3 else 1
+        return _stack_to_frames(read, stack_shape, dtype, single=len(shape) == 2, chunk_frames=chunk_frames)
+
+
+@contextlib.contextmanager
+def _h5_errors() -> Iterator[None]:
+    """h5py raises OSError/KeyError/ValueError... for broken or odd files: those are the client's."""
+    try:
+        yield
+    except (InvalidInput, MemoryError):
         raise
-    except Exception as exc:  # h5py raises OSError/KeyError/ValueError for broken or odd files
+    except Exception as exc:
         raise InvalidInput(f"could not read the HDF5 file: {exc}") from exc
 
 
@@ -314,17 +473,38 @@ def _find_dataset(f: Any, name: str | None) -> Any:
     return f[found[0]]
 
 
-def _array_to_frames(array: np.ndarray) -> np.ndarray:
-    """A checked 2-D or 3-D numeric array -> (N, 8, 8) float32 digits frames."""
-    stack = array if array.ndim == 3 else array[None]
-    if array.dtype.kind == "f" and not np.isfinite(array).all():
-        raise InvalidInput("the array contains NaN or infinite values")
-    if stack.shape[1:] == (8, 8) and array.dtype != np.bool_:
-        lo, hi = stack.min(), stack.max()
+def _stack_to_frames(
+    read: Callable[[slice], np.ndarray],
+    shape: tuple[int, int, int],
+    dtype: np.dtype,
+    *,
+    single: bool,
+    chunk_frames: int = 1,
+) -> np.ndarray:
+    """A checked (N, H, W) stack of numbers -> (N, 8, 8) float32 digits frames.
+
+    ``read(frames)`` returns the frames a slice names: read a few at a time,
+    so that an HDF5 stack is never held decompressed all at once.
+    """
+    count, height, width = shape
+    if (height, width) == (8, 8) and dtype != np.bool_:
+        whole = read(slice(None))  # at most MAX_FRAMES * 64 values
+        lo, hi = whole.min(), whole.max()
         # Already in the digits' own scale (e.g. sklearn's load_digits().images).
         # Values only up to 1 are 0..1 data (or a mask), not digits-scale: those
-        # are normalised like any other frame.
+        # are normalised like any other frame. NaN fails both tests: such a
+        # stack goes frame by frame, where it is refused.
         if lo >= 0 and 1 < hi <= 16:
-            return stack.astype(np.float32)
-    single = array.ndim == 2
-    return np.stack([to_digit_frame(frame, blank_ok=not single) for frame in stack]).astype(np.float32)
+            return whole.astype(np.float32)
+        batches: Iterator[np.ndarray] = iter([whole])
+    else:
+        per_read = max(1, _READ_BYTES // (height * width * dtype.itemsize))
+        per_read = max(chunk_frames, per_read // chunk_frames * chunk_frames)
+        batches = (read(slice(start, start + per_read)) for start in range(0, count, per_read))
+    frames = np.empty((count, 8, 8), np.float32)
+    done = 0
+    for batch in batches:
+        for frame in batch:
+            frames[done] = to_digit_frame(frame, blank_ok=not single)
+            done += 1
+    return frames
