@@ -39,8 +39,8 @@ _KEEPALIVE = 10.0
 def job_events(job_id: str):
     svc = services()
     visible_job(svc.jobs.get(job_id), job_id)
-    give_back = take_wait_slot("streams", svc.settings.max_streams, svc.settings.tenant_max_streams,
-                               current_tenant(), "long-poll GET /v1/jobs/{id}?wait=30 instead")
+    give_back = take_wait_slot("streams", svc.settings, current_tenant(),
+                               "long-poll GET /v1/jobs/{id}?wait=30 instead")
     response = Response(_stream(svc, job_id), mimetype="text/event-stream",
                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     # Given back when the server closes the response, even if the stream never started.

@@ -78,8 +78,8 @@ def get_job(job_id: str):
     read = partial(svc.jobs.get_with, job_id, backend.get_key_for_task(job_id))
     if wait > 0:
         visible_job(svc.jobs.get(job_id), job_id)  # another tenant's job answers 404 at once, not after the wait
-        give_back = take_wait_slot("long_polls", svc.settings.max_long_polls, svc.settings.tenant_max_long_polls,
-                                   current_tenant(), "follow GET /v1/jobs/{id}/events, or poll without wait")
+        give_back = take_wait_slot("long_polls", svc.settings, current_tenant(),
+                                   "follow GET /v1/jobs/{id}/events, or poll without wait")
         try:
             record, raw_result = wait_for_terminal(svc.redis, read, job_id, wait)
         finally:

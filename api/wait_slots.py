@@ -19,6 +19,7 @@ from collections.abc import Callable
 from flask import current_app
 
 from api.errors import ServiceUnavailable
+from tasks.settings import Settings
 
 __all__ = ["WaitSlots", "take_wait_slot"]
 
@@ -55,9 +56,13 @@ class WaitSlots:
             return self._held.total()
 
 
-def take_wait_slot(kind: str, limit: int, per_tenant: int, tenant: str, advice: str) -> Callable[[], None]:
-    """A slot of ``kind`` (``streams``, ``long_polls``) for ``tenant`` in this process, or ``503`` with
-    ``Retry-After``. Returns the function that gives it back; call it exactly once."""
+def take_wait_slot(kind: str, settings: Settings, tenant: str, advice: str) -> Callable[[], None]:
+    """A slot of ``kind`` (``streams``, ``long_polls``: ``GPUQ_MAX_<KIND>`` and ``GPUQ_TENANT_MAX_<KIND>``)
+    for ``tenant`` in this process, or ``503`` with ``Retry-After``. Returns the function that gives it
+    back; call it exactly once."""
+    limit = getattr(settings, f"max_{kind}")
+    # With auth off there is one tenant, the whole API's: a share would only halve its waits.
+    per_tenant = limit if settings.auth == "off" else getattr(settings, f"tenant_max_{kind}")
     slots: WaitSlots = current_app.extensions.setdefault(f"gpuq.wait_slots.{kind}", WaitSlots(limit, per_tenant))
     full = slots.try_take(tenant)
     if full is not None:

@@ -49,7 +49,7 @@ def stack(tmp_path_factory):
     s = Stack(tmp_path_factory.mktemp("clients"), analyzers="digits,simulate", GPUQ_WEBHOOK_SECRET=SECRET,
               GPUQ_URL_ALLOWLIST="127.0.0.1,localhost",
               GPUQ_WEBHOOK_BACKOFF="0.2", GPUQ_WEBHOOK_MAX_ATTEMPTS="3", GPUQ_WEBHOOK_PROGRESS_INTERVAL="1.0",
-              GPUQ_MAX_STREAMS="3", GPUQ_TENANT_MAX_STREAMS="3")
+              GPUQ_MAX_STREAMS="3")
     try:
         yield s.start(workers=1)
     finally:
