@@ -101,8 +101,10 @@ def _json(description: str, schema: str, headers: dict | None = None) -> dict[st
 
 _RETRY_AFTER = {"Retry-After": {"schema": {"type": "string"}, "description": "seconds to wait"}}
 _LOCATION = {"Location": {"schema": {"type": "string"}, "description": "the job's URL"}}
-# gunicorn's own answer (HTML) to a request line over its limit, before the app sees it.
-_TOO_LONG = {"414": {"description": "request line too long (gunicorn)",
+# gunicorn's own answers (HTML) to a request line or headers over its limits, before the app sees them.
+_TOO_LONG = {"414": {"description": "request line over 4094 bytes (gunicorn)",
+                     "content": {"text/html": {"schema": {"type": "string"}}}},
+             "431": {"description": "a header over 8190 bytes, or more than 100 headers (gunicorn)",
                      "content": {"text/html": {"schema": {"type": "string"}}}}}
 _KEYED = {**_TOO_LONG, "401": _error("no API key, or not a valid one"),
           "429": {**_error("over the tenant's rate limit"), "headers": _RETRY_AFTER},
@@ -227,14 +229,16 @@ def document(analyzers: list[str] | None = None) -> dict[str, Any]:
                 "responses": {"200": _json("the analyzers and the workers serving them", "Analyzers"), **_KEYED}}},
             "/healthz": {"get": {"operationId": "healthz", "security": [], "responses": {"200": {
                 "description": "the process answers",
-                "content": {"application/json": {"schema": {"type": "object", "required": ["status"]}}}}}}},
+                "content": {"application/json": {"schema": {"type": "object", "required": ["status"]}}}},
+                **_TOO_LONG}}},
             "/readyz": {"get": {"operationId": "readyz", "security": [], "responses": {
-                "200": _json("ready", "Readiness"), "503": _json("not ready, and why", "Readiness")}}},
+                "200": _json("ready", "Readiness"), "503": _json("not ready, and why", "Readiness"), **_TOO_LONG}}},
             "/metrics": {"get": {"operationId": "metrics", "security": [], "responses": {"200": {
                 "description": "Prometheus text (what it holds: README, Metrics)",
-                "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
+                "content": {"text/plain": {"schema": {"type": "string"}}}}, **_TOO_LONG}}},
             "/openapi.json": {"get": {"operationId": "openapi", "security": [], "responses": {"200": {
-                "description": "this document", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
+                "description": "this document", "content": {"application/json": {"schema": {"type": "object"}}}},
+                **_TOO_LONG}}},
         },
     }
 

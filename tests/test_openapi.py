@@ -80,6 +80,18 @@ def test_the_live_api_serves_the_document(keyed_stack):
     assert response.status_code == 200 and response.json() == document(["echo"])
 
 
+@pytest.mark.parametrize("path, headers, status", [
+    ("/v1/jobs?cursor=" + "a" * 5000, {}, 414),
+    ("/healthz", {"X-Padding": "a" * 9000}, 431),
+    ("/v1/analyzers", {f"X-{n}": "a" for n in range(120)}, 431),
+], ids=["request line", "long header", "many headers"])
+def test_what_gunicorn_answers_before_the_app_is_in_the_document(keyed_stack, path, headers, status):
+    response = requests.get(keyed_stack.url + path, headers=headers, timeout=5)
+    assert response.status_code == status
+    documented = document()["paths"][path.split("?")[0]]["get"]["responses"][str(status)]
+    assert response.headers["Content-Type"].split(";")[0] in documented["content"]
+
+
 def _fuzz(url: str, artifacts, name: str, examples: int, headers: list[str]) -> list[dict]:
     """Run schemathesis against the live document; the HAR entries of every request it made."""
     started = time.monotonic()
