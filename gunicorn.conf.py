@@ -23,12 +23,6 @@ bind = os.environ.get("GPUQ_API_BIND", f"{os.environ.get('GPUQ_API_HOST', '127.0
 worker_class = "gthread"
 workers = int(os.environ.get("GPUQ_API_WORKERS", min(4, multiprocessing.cpu_count())))
 threads = int(os.environ.get("GPUQ_API_THREADS", "16"))
-# Requests that wait (event streams, long-polls) are bounded per process (api/wait_slots.py)
-# below the threads, so that some always answer submits and reads.
-_waits = int(os.environ.get("GPUQ_MAX_STREAMS", "4")) + int(os.environ.get("GPUQ_MAX_LONG_POLLS", "8"))
-if _waits >= threads:
-    raise SystemExit(f"GPUQ_MAX_STREAMS + GPUQ_MAX_LONG_POLLS ({_waits}) must be under GPUQ_API_THREADS ({threads}): "
-                     "otherwise waiting clients can hold every thread and no submit is answered")
 # Long-polls last up to 30 s; the timeout must sit well above that.
 timeout = 60
 graceful_timeout = 30
@@ -48,3 +42,21 @@ logging.captureWarnings(True)
 # Build the app (and fail on bad settings) in the master, before forking.
 preload_app = True
 control_socket_disable = True
+
+
+def on_starting(server):
+    """Refuse to serve when waiting requests could hold every thread: event streams and long-polls
+    are bounded per process (api/wait_slots.py) below its threads, so that some always answer
+    submits and reads. Checked against the threads gunicorn will run, however they were given
+    (this file, ``--threads``, ``GUNICORN_CMD_ARGS``)."""
+    from tasks.settings import Settings, SettingsError
+
+    try:
+        settings = Settings.from_env()
+    except SettingsError:
+        return  # the app, loaded already, reports it
+    waits = settings.max_streams + settings.max_long_polls
+    if waits >= server.cfg.threads:
+        raise SystemExit(f"GPUQ_MAX_STREAMS + GPUQ_MAX_LONG_POLLS ({waits}) must be under the API's threads "
+                         f"({server.cfg.threads}, GPUQ_API_THREADS): otherwise waiting clients can hold every "
+                         "thread and no submit is answered")

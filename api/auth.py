@@ -88,14 +88,13 @@ def current_tenant() -> str:
 
 def install_auth(app: Flask, settings: Settings) -> None:
     """Check the key of every request outside ``OPEN_PATHS``; fail at start-up on a bad configuration."""
-    mode = settings.auth.strip().lower()
-    if mode == "off":
+    if settings.auth_off:
         if settings.api_keys.strip():
             raise SettingsError("GPUQ_AUTH=off and GPUQ_API_KEYS are both set: choose one")
         log.warning("GPUQ_AUTH=off: the API serves anyone who can reach it, as tenant %r "
                     "(local development only)", ANONYMOUS_TENANT)
         return
-    if mode not in ("", "on"):
+    if settings.auth.strip().lower() not in ("", "on"):
         raise SettingsError(f"GPUQ_AUTH={settings.auth!r}: leave it unset (keys required) or set it to off")
     keys = ApiKeys.parse(settings.api_keys)
     if not keys.entries:

@@ -4,16 +4,19 @@ A body is read and parsed whole (JSON) or part by part (a form), so a limit
 checked only after parsing still lets a 60 MiB body for a 64 KiB analyzer
 cost seconds and hundreds of megabytes. The analyzer is named inside the body,
 so what is known before reading is the fleet: a body may be as large as the
-largest input some analyzer takes in that kind of body, plus an envelope for
-the other fields. ``Content-Length`` over that answers 413 at once; a chunked
-body is counted as it is read and refused as soon as it passes it (werkzeug's
-own ``LimitedStream`` would cut it at the limit without a word, and the cut
-JSON would answer 400). Once the analyzer is known its own limit applies
-(``check_body_for``).
+largest input some analyzer takes in that kind of body, allowing for how the
+body encodes it (``_ENCODING_ALLOWANCE``), plus an envelope for the other
+fields. ``Content-Length`` over that answers 413 at once. A chunked body is
+counted as it is read and refused as soon as it passes it (werkzeug's own
+``LimitedStream`` would cut it at the limit without a word, and the cut JSON
+would answer 400); one within it is handed on as a body of known length. Once
+the analyzer is known its own limit applies (``check_body_for``), and then the
+input's exact size (api/validation.py).
 """
 
 from __future__ import annotations
 
+import io
 import tempfile
 from collections.abc import Iterable
 from typing import Any
@@ -22,47 +25,60 @@ from flask import Request
 
 from api.errors import BadRequest, PayloadTooLarge
 
-__all__ = ["ENVELOPE_BYTES", "bound_submission_body", "check_body_for"]
+__all__ = ["ENVELOPE_BYTES", "body_limit", "bound_submission_body", "check_body_for"]
 
-#: Room beside the input for the analyzer's name, params, webhook, multipart headers and a
-#: JSON body's own formatting.
+#: Room beside the input for the analyzer's name, params, webhook and multipart headers.
 ENVELOPE_BYTES = 64 * 1024
-
+#: How many body bytes an input's byte may take: JSON may be indented or escaped (the input's limit
+#: counts it compact), and a url-encoded form writes a byte as ``%XX``.
+_ENCODING_ALLOWANCE = {"application/json": 2, "multipart/form-data": 2, "application/x-www-form-urlencoded": 3}
 #: A chunked body is read in pieces of this size, and held in memory up to _SPOOL_IN_MEMORY (then on disk).
 _READ_SIZE, _SPOOL_IN_MEMORY = 64 * 1024, 1024 * 1024
-_FORMS = ("multipart/form-data", "application/x-www-form-urlencoded")
+
+
+def body_limit(mimetype: str, input_limit: int) -> int:
+    """The largest body of ``mimetype`` that can carry an input of at most ``input_limit`` bytes."""
+    return _ENCODING_ALLOWANCE.get(mimetype, 0) * input_limit + ENVELOPE_BYTES
 
 
 def bound_submission_body(request: Request, specs: Iterable[dict[str, Any]], server_limit: int) -> int:
     """Set ``request``'s body limit to the most any served analyzer takes in this kind of body;
-    413 now if its ``Content-Length`` is over it. Returns the limit."""
-    limit = min(server_limit, _largest_input(request.mimetype, specs) + ENVELOPE_BYTES)
+    413 now if the body is over it. Returns the limit.
+
+    Call it before anything reads ``request.content_length`` (werkzeug caches it): a chunked body
+    is given its length here."""
+    limit = min(server_limit, body_limit(request.mimetype, _largest_input(request.mimetype, specs)))
     request.max_content_length = limit
+    chunked = _is_chunked(request.environ)
+    if chunked:
+        _take_chunked_body(request.environ, limit)
     length = request.content_length
-    if length is None and request.environ.get("wsgi.input_terminated"):
-        length = _take_chunked_body(request, limit)
     if length is not None and length > limit:
-        raise PayloadTooLarge(f"request body of {length} bytes is over {limit}, the most any analyzer here "
-                              f"takes in a {request.mimetype or 'body'} (its input limit plus "
-                              f"{ENVELOPE_BYTES // 1024} KiB)", field="body")
+        size = "" if chunked else f" of {length} bytes"  # a chunked one was read no further than the limit
+        raise PayloadTooLarge(f"request body{size} is over {limit} bytes, the most any analyzer here takes "
+                              f"as {request.mimetype or 'a body'}", field="body")
     return limit
 
 
 def check_body_for(request: Request, spec: dict[str, Any]) -> None:
     """413 when the body, already read, is over what the analyzer it names takes."""
-    limit = spec["max_input_bytes"] + ENVELOPE_BYTES
+    limit = body_limit(request.mimetype, spec["max_input_bytes"])
     length = request.content_length
     if length is not None and length > limit:
         raise PayloadTooLarge(f"request body of {length} bytes is over {limit}, the most {spec['name']!r} "
-                              f"takes (its input limit plus {ENVELOPE_BYTES // 1024} KiB)", field="body")
+                              f"takes as {request.mimetype}", field="body")
 
 
-def _take_chunked_body(request: Request, limit: int) -> int:
-    """Read a body of unknown length (chunked) into a spool, counting; its length, or one past
-    ``limit`` as soon as it is over, having kept no more than that. Readers of the request then read
-    the spool."""
-    source, spool, length = request.environ["wsgi.input"], tempfile.SpooledTemporaryFile(_SPOOL_IN_MEMORY), 0
-    while True:
+def _is_chunked(environ: dict[str, Any]) -> bool:
+    return bool(environ.get("wsgi.input_terminated")) and "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "")
+
+
+def _take_chunked_body(environ: dict[str, Any], limit: int) -> None:
+    """Read a chunked body into a spool, counting, and leave the request a body of known length:
+    the spool, or, once the count passes ``limit``, nothing (so that no later reader, such as the
+    metrics hook, reads on). ``Content-Length`` says what was counted."""
+    source, spool, length = environ["wsgi.input"], tempfile.SpooledTemporaryFile(_SPOOL_IN_MEMORY), 0
+    while length <= limit:
         try:
             chunk = source.read(_READ_SIZE)
         except Exception:  # noqa: BLE001 - the server's own parse errors (gunicorn's are not OSErrors)
@@ -71,21 +87,19 @@ def _take_chunked_body(request: Request, limit: int) -> int:
         if not chunk:
             break
         length += len(chunk)
-        if length > limit:
-            spool.close()
-            return length
         spool.write(chunk)
+    if length > limit:
+        spool.close()
+        spool = io.BytesIO()
     spool.seek(0)
-    request.environ["wsgi.input"] = spool
-    return length
+    environ["wsgi.input"], environ["CONTENT_LENGTH"] = spool, str(length)
+    environ.pop("HTTP_TRANSFER_ENCODING", None)
 
 
 def _largest_input(mimetype: str, specs: Iterable[dict[str, Any]]) -> int:
     if mimetype == "application/json":
         # A JSON body carries a JSON input only: analyzers that take files are not counted.
         sizes = [s["max_input_bytes"] for s in specs if s.get("input_schema") is not None]
-    elif mimetype in _FORMS:
-        sizes = [s["max_input_bytes"] for s in specs]
     else:
-        sizes = []  # answered 415 once read; nothing to read for that
+        sizes = [s["max_input_bytes"] for s in specs]  # other types are answered 415 (nothing read)
     return max(sizes, default=0)

@@ -129,7 +129,13 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(RequestEntityTooLarge)
     def _too_large(error):
         # The limit of this request (api.body_limit sets one per submission), else the server's.
-        limit = request.max_content_length if request else app.config.get("MAX_CONTENT_LENGTH")
+        limit = request.max_content_length
+        length = request.content_length
+        if limit is not None and length is not None and length <= limit:
+            # werkzeug's form limits, not the body's: name those.
+            return _respond(PayloadTooLarge(f"a form field is over {request.max_form_memory_size} bytes (send "
+                                            f"large inputs as the file), or the form has over "
+                                            f"{request.max_form_parts} parts", field="body"))
         return _respond(PayloadTooLarge(f"request body is over the limit of {limit} bytes", field="body"))
 
     @app.errorhandler(HTTPException)

@@ -62,7 +62,7 @@ def take_wait_slot(kind: str, settings: Settings, tenant: str, advice: str) -> C
     back; call it exactly once."""
     limit = getattr(settings, f"max_{kind}")
     # With auth off there is one tenant, the whole API's: a share would only halve its waits.
-    per_tenant = limit if settings.auth == "off" else getattr(settings, f"tenant_max_{kind}")
+    per_tenant = limit if settings.auth_off else getattr(settings, f"tenant_max_{kind}")
     slots: WaitSlots = current_app.extensions.setdefault(f"gpuq.wait_slots.{kind}", WaitSlots(limit, per_tenant))
     full = slots.try_take(tenant)
     if full is not None:

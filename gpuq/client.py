@@ -164,7 +164,7 @@ class Client:
             except Unavailable as busy:
                 if busy.code not in _BUSY_WAITING:
                     raise
-                # The API holds all the long-polls it will (README: Limits): read now, then wait as asked.
+                # The API holds all the long-polls it will (README: Event streams): read now, then wait as asked.
                 job = self.get(job_id)
                 if not job.done:
                     time.sleep(max(0.0, min(busy.retry_after or 2.0, step)))

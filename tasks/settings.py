@@ -110,6 +110,11 @@ class Settings:
     event_flush_interval: float = 0.02
 
     @property
+    def auth_off(self) -> bool:
+        """``GPUQ_AUTH=off`` (any case): no API keys, one tenant."""
+        return self.auth.strip().lower() == "off"
+
+    @property
     def batching_enabled(self) -> bool:
         return self.batching == "on"
 

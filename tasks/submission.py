@@ -132,12 +132,16 @@ def submit_job(store: JobStore, celery_app: Celery, *, analyzer: str, input_byte
     fingerprint = _fingerprint(analyzer, params, input_media_type, input_bytes) if idempotency_key else ""
     queue = queue_for(analyzer)
     fields = {k: v for k, v in record.__dict__.items() if v is not None}
+    idempotency = keys.idempotency(f"{tenant}:{idempotency_key}") if idempotency_key else ""
+    if idempotency:
+        # Named in the record so that the record's every new TTL is the key's too (fragments/end_job.lua).
+        fields["idempotency_key"] = idempotency
     input_key = keys.job_input(record.id)
     staged = len(input_bytes) > STAGE_INPUT_BYTES
     script_keys, script_args = accept_script().order(
         # Idempotency keys are the tenant's own: another tenant's same key is another job.
         keys={"job": keys.job(record.id), "input": input_key, "queue": queue,
-              "idempotency": keys.idempotency(f"{tenant}:{idempotency_key}" if idempotency_key else ""),
+              "idempotency": idempotency or keys.idempotency(""),
               "queued_index": keys.queued_index(queue), "sequence": keys.queue_sequence(queue),
               "tenant_jobs": keys.tenant_jobs(tenant), "tenant_queued": keys.tenant_queued(tenant),
               "accepted_counter": keys.metric(job_metrics.JOBS_ACCEPTED.name), "void": keys.void_submit(record.id)},

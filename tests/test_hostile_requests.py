@@ -4,9 +4,11 @@ API keys for three tenants (one gunicorn process: the bounds below are per proce
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlencode
 
 import pytest
 import requests
@@ -61,7 +63,34 @@ def test_the_413_names_the_body_and_the_limit(stack):
     response = requests.post(f"{stack.url}/v1/jobs", json=body, headers=HEADERS["alice"], timeout=10)
     assert response.status_code == 413, response.text
     error = response.json()["error"]
-    assert error["field"] == "body" and str(128 * 1024) in error["message"]  # 64 KiB input + 64 KiB envelope
+    assert error["field"] == "body" and str(192 * 1024) in error["message"]  # 2 x 64 KiB input + 64 KiB
+
+
+def test_an_input_within_its_limit_is_taken_however_the_body_encodes_it(stack):
+    # Inputs of some 55 KB (noop takes 64 KiB, counted compact), in bodies over 128 KiB: indented JSON,
+    # and a url-encoded form whose %XX escapes triple every bracket and comma.
+    indented = json.dumps({"analyzer": "noop", "input": [f"w{i:05d}" for i in range(6000)]}, indent=10).encode()
+    escaped = urlencode({"analyzer": "noop", "input": json.dumps([[]] * 18000, separators=(",", ":"))}).encode()
+    assert len(indented) > 128 * 1024 and len(escaped) > 128 * 1024
+    for body, mimetype in ((indented, "application/json"), (escaped, "application/x-www-form-urlencoded")):
+        response = requests.post(f"{stack.url}/v1/jobs", data=body, timeout=10,
+                                 headers={**HEADERS["alice"], "Content-Type": mimetype})
+        assert response.status_code == 202, (mimetype, response.text)
+
+
+def test_a_chunked_body_over_the_limit_is_refused_and_one_within_it_taken(stack):
+    def chunks():
+        yield b'{"analyzer": "noop", "input": "'
+        for _ in range(64):  # 4 MiB, of which the API may read 192 KiB
+            yield b"x" * 65536
+        yield b'"}'
+
+    response = requests.post(f"{stack.url}/v1/jobs", data=chunks(), timeout=10,
+                             headers={**HEADERS["alice"], "Content-Type": "application/json"})
+    assert response.status_code == 413 and response.json()["error"]["field"] == "body", response.text
+    small = requests.post(f"{stack.url}/v1/jobs", data=iter([b'{"analyzer": ', b'"noop", "input": [1]}']),
+                          timeout=10, headers={**HEADERS["alice"], "Content-Type": "application/json"})
+    assert small.status_code == 202, small.text
 
 
 def _raw_status(url: str, request: bytes) -> bytes:
@@ -114,18 +143,22 @@ def test_long_polls_are_bounded_per_tenant_and_per_process_and_never_starve_a_su
         assert first.json()["error"]["code"] == "too_many_long_polls" and first.headers["Retry-After"] == "2"
         wait_until(lambda: sum(1 for f in alice if f.done()) == 60, 5, "60 of 64 long-polls refused")
         # Another tenant's submit beside them answers at once, and its own long-polls still get their share.
-        started = time.monotonic()
-        submitted = requests.post(f"{stack.url}/v1/jobs", json={"analyzer": "noop"}, headers=HEADERS["bob"],
-                                  timeout=10)
-        submit_seconds = time.monotonic() - started
-        assert submitted.status_code == 202 and submit_seconds < 0.2, (submitted.text, submit_seconds)
+        seconds = []
+        for _ in range(5):
+            started = time.monotonic()
+            submitted = requests.post(f"{stack.url}/v1/jobs", json={"analyzer": "noop"}, headers=HEADERS["bob"],
+                                      timeout=10)
+            seconds.append(time.monotonic() - started)
+            assert submitted.status_code == 202, submitted.text
+        submit_seconds = sorted(seconds)[2]  # the median: one slow answer on a busy 2-core machine is noise
+        assert submit_seconds < 0.2, seconds
         bob = [pool.submit(_long_poll, stack.url, jobs["bob"], "bob", 3) for _ in range(4)]
         time.sleep(0.5)
         # The process's 8 slots are now all held: a third tenant is refused too, naming the process.
         carol = _long_poll(stack.url, jobs["carol"], "carol", 1)
         assert carol.status_code == 503 and "API process" in carol.json()["error"]["message"], carol.text
         held = [f.result() for f in alice if f.result().status_code == 200] + [f.result() for f in bob]
-    print(f"\nsubmit beside 64 long-polls: {submit_seconds * 1000:.0f} ms")
+    print(f"\nsubmit beside 64 long-polls: {submit_seconds * 1000:.0f} ms (median of 5)")
     assert len(held) == 8 and all(r.json()["status"] in ("queued", "running", "succeeded") for r in held)
     # Given back: the same tenant long-polls again.
     assert _long_poll(stack.url, jobs["alice"], "alice", 0.2).status_code == 200

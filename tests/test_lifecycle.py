@@ -214,3 +214,20 @@ def test_a_submit_whose_reply_redis_held_back_is_found_or_voided_never_half(tmp_
         print(f"submits held back by a paused Redis: {outcomes}")
     finally:
         server.stop()
+
+
+def test_an_idempotency_key_lives_as_long_as_its_jobs_record(redis_client, celery_app):
+    # The input may wait 1 s; the run ends 1.5 s after the submit, later than the key's first TTL
+    # (input + result + tombstone) allowed for: the end gives the key the record's new TTL.
+    store = JobStore(redis_client, result_ttl=100, tombstone_ttl=100, input_ttl=1)
+    job_id = submit_job(store, celery_app, analyzer="lifecycletest", input_bytes=b"{}",
+                        input_media_type="application/json", params={}, idempotency_key="k-1", tenant="t").job_id
+    try:
+        token = claim(store, job_id)
+        time.sleep(1.5)
+        assert finish(store, job_id, token).written
+        key_ttl = redis_client.pttl(keys.idempotency("t:k-1"))
+        record_ttl = redis_client.pttl(keys.job(job_id))
+        assert record_ttl > 199_000 and abs(key_ttl - record_ttl) < 100, (key_ttl, record_ttl)
+    finally:
+        redis_client.delete("gpuq.lifecycletest", keys.idempotency("t:k-1"))

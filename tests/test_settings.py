@@ -54,3 +54,13 @@ def test_worker_failing_to_start_gives_a_clear_message_without_redis_url():
                             env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
     assert "GPUQ_REDIS_URL" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("how", ["GPUQ_API_THREADS=8", "GUNICORN_CMD_ARGS=--threads 4", "GPUQ_MAX_LONG_POLLS=16"])
+def test_the_api_refuses_to_start_when_waits_could_hold_every_thread(how, tmp_path):
+    name, value = how.split("=", 1)
+    env = {**base_env("redis://127.0.0.1:1/0"), "GPUQ_API_PORT": "0", name: value}
+    done = subprocess.run([sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py")], env=env,
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert "GPUQ_MAX_STREAMS + GPUQ_MAX_LONG_POLLS" in done.stderr + done.stdout, done.stderr[-2000:]
