@@ -37,6 +37,8 @@ class SubmittedForm:
     fields: Mapping[str, str]
     upload: Upload | None
     """The first part named ``file`` that has a filename parameter."""
+    names: frozenset[str] = frozenset()
+    """Every part's name, fields and files alike."""
 
 
 def submitted_form(request: Request) -> SubmittedForm:
@@ -70,10 +72,10 @@ def _fast_multipart(request: Request) -> SubmittedForm | None:
     file = parsed.files.get("file")
     # BytesIO shares the bytes it is given: reading them back copies nothing.
     upload = None if file is None else Upload(file[0], io.BytesIO(file[1]))
-    return SubmittedForm(parsed.fields, upload)
+    return SubmittedForm(parsed.fields, upload, frozenset(parsed.fields) | frozenset(parsed.files))
 
 
 def _werkzeug_form(request: Request) -> SubmittedForm:
     file = request.files.get("file")
     upload = None if file is None else Upload(file.filename or "", file.stream)
-    return SubmittedForm(request.form, upload)
+    return SubmittedForm(request.form, upload, frozenset(request.form) | frozenset(request.files))

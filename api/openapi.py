@@ -61,12 +61,12 @@ _SCHEMAS: dict[str, Any] = {
                        "next_cursor": {"type": "string", "nullable": True}},
     },
     "JobSubmission": {
-        "type": "object", "required": ["analyzer"],
+        "type": "object", "required": ["analyzer"], "additionalProperties": False,
         "properties": {"analyzer": _ANALYZER, "input": {}, "params": {"type": "object"},
                        "webhook": {"type": "string", "description": "http(s) URL told of the job's events"}},
     },
     "FormSubmission": {
-        "type": "object", "required": ["analyzer"],
+        "type": "object", "required": ["analyzer"], "additionalProperties": False,
         "properties": {"analyzer": _ANALYZER, "file": {"type": "string", "format": "binary"},
                        "params": {"type": "object", "description": "a JSON object, sent as JSON text"},
                        "input": {"description": "JSON, for analyzers that take a JSON input"},

@@ -8,7 +8,7 @@ their name or declared content type.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -27,6 +27,11 @@ from tasks.media import sniff_media_type
 __all__ = ["Submission", "parse_submission"]
 
 JSON_MEDIA_TYPE = "application/json"
+#: What a submission may hold: a JSON body's members, a form's fields (``file`` the upload).
+_BODY_MEMBERS = frozenset({"analyzer", "input", "params", "webhook"})
+_FORM_FIELDS = _BODY_MEMBERS | {"file"}
+#: The longest error message a validation failure gives.
+_MESSAGE_MOST = 500
 _MISSING = object()
 
 
@@ -46,6 +51,7 @@ def parse_submission(request: Request, lookup_spec: SpecLookup, known_names: Cal
     mimetype = request.mimetype
     if mimetype in ("multipart/form-data", "application/x-www-form-urlencoded"):
         form = submitted_form(request)
+        _refuse_unknown(form.names, _FORM_FIELDS, "form field")
         fields = form.fields
         analyzer = fields.get("analyzer")
         raw_params = fields.get("params")
@@ -64,6 +70,7 @@ def parse_submission(request: Request, lookup_spec: SpecLookup, known_names: Cal
                              field="body", code="malformed_json") from None
         if not isinstance(body, dict):
             raise BadRequest("the body must be a JSON object", field="body")
+        _refuse_unknown(body, _BODY_MEMBERS, "member")
         analyzer = body.get("analyzer")
         params = body.get("params", {})
         params = {} if params is None else params
@@ -86,6 +93,21 @@ def parse_submission(request: Request, lookup_spec: SpecLookup, known_names: Cal
         data, media_type = _check_json_input(json_input, spec)
     return Submission(analyzer=spec["name"], input_bytes=data, input_media_type=media_type, params=params,
                       spec=spec)
+
+
+def _refuse_unknown(names: Iterable[str], known: frozenset[str], what: str) -> None:
+    """422 naming the first name not in ``known``: a misspelt ``"param"`` would otherwise be dropped
+    without a word and the job run without its params."""
+    unknown = sorted(set(names) - known)
+    if unknown:
+        raise UnprocessableEntity(f"unknown {what} {_excerpt(unknown[0])}; a submission has "
+                                  f"{', '.join(sorted(known))}", field=unknown[0][:64], code="unknown_field")
+
+
+def _excerpt(value: Any, most: int = 60) -> str:
+    """``repr(value)``, cut to ``most`` characters: an error quotes what it refuses, not all of it."""
+    text = repr(value)
+    return text if len(text) <= most else f"{text[:most]}… ({len(text)} characters)"
 
 
 def _json_field(raw: str | bytes, field: str) -> Any:
@@ -160,7 +182,9 @@ def _validate(value: Any, schema: dict[str, Any], field: str) -> None:
         return
     path = ".".join(str(p) for p in error.absolute_path)
     where = f"{field}.{path}" if path else field
-    raise UnprocessableEntity(f"{where}: {error.message}", field=where)
+    # jsonschema's message opens with the whole offending value: a 100,001-item array made a 500 KB error.
+    message = error.message.replace(repr(error.instance), _excerpt(error.instance), 1)
+    raise UnprocessableEntity(f"{where}: {message}"[:_MESSAGE_MOST], field=where[:_MESSAGE_MOST])
 
 
 class _SchemaChecks:

@@ -90,8 +90,11 @@ def test_queued_job_canceled_before_it_starts_never_runs(api, redis_client):
     assert after["status"] == "canceled"
     assert after["started_at"] is None and after["attempts"] == 0 and after["worker"] is None
     assert redis_client.exists(f"gpuq:input:{victim['id']}") == 0
-    # Canceling a finished job is a conflict.
-    assert requests.delete(f"{api}/v1/jobs/{follower['id']}", timeout=5).status_code == 409
+    # A repeated cancel answers as the first did (README: HTTP API); canceling a finished job is a conflict.
+    again = requests.delete(f"{api}/v1/jobs/{victim['id']}", timeout=5)
+    assert again.status_code == 202 and again.json()["status"] == "canceled"
+    conflict = requests.delete(f"{api}/v1/jobs/{follower['id']}", timeout=5)
+    assert conflict.status_code == 409 and conflict.json()["error"]["code"] == "already_finished"
 
 
 def test_digits_upload_with_multipart_returns_the_digit(api):

@@ -179,3 +179,27 @@ def test_form_json_fields_too_deep_are_refused(api, nothing_enqueued, field):
                              timeout=5)
     error = error_of(response, 400)
     assert error["field"] == field and "nested more than 64 levels" in error["message"]
+
+
+@pytest.mark.parametrize("body, form", [({"analyzer": "simulate", "param": {"seconds": 1}}, None),
+                                        (None, {"analyzer": "simulate", "parms": "{}"})], ids=["json", "form"])
+def test_an_unknown_member_or_field_is_named_not_dropped(api, nothing_enqueued, body, form):
+    response = requests.post(f"{api}/v1/jobs", json=body, data=form, timeout=5)
+    error = error_of(response, 422)
+    unknown = "param" if body else "parms"
+    assert error["field"] == unknown and error["code"] == "unknown_field" and "params" in error["message"]
+
+
+def test_an_unknown_file_part_is_named(api, nothing_enqueued):
+    response = requests.post(f"{api}/v1/jobs", data={"analyzer": "digits"}, timeout=5,
+                             files={"upload": ("seven.png", b"\x89PNG\r\n\x1a\n", "image/png")})
+    assert error_of(response, 422)["field"] == "upload"
+
+
+def test_a_validation_error_quotes_a_short_excerpt_of_the_value(api, nothing_enqueued):
+    # simulate's input is at most 64 KiB; params.seconds is a number: give it a long list instead.
+    response = requests.post(f"{api}/v1/jobs", json={"analyzer": "simulate", "params": {"seconds": [0] * 10_000}},
+                             timeout=5)
+    error = error_of(response, 422)
+    assert error["field"] == "params.seconds" and len(response.content) < 1000, response.text[:2000]
+    assert "characters)" in error["message"]
