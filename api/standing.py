@@ -16,14 +16,18 @@ __all__ = ["standing"]
 
 
 def standing(redis: Redis, record: JobRecord) -> dict[str, Any]:
-    """``queue_position``, ``eta_seconds`` and ``eta`` (ISO time); all None once the job has ended."""
+    """``queue_position``, ``eta_seconds`` and ``eta`` (ISO time); all None once the job has ended.
+
+    A queued job has no ETA while no live worker serves its analyzer: it waits for a worker.
+    """
     position = seconds = None
     if record.status == QUEUED:
         position = eta.queue_position(redis, queue_for(record.analyzer), record.id)
         average = eta.average_run_seconds(redis, record.analyzer)
-        if average is not None:
-            seconds = eta.estimate_seconds(average, position=position or 0,
-                                           workers=eta.serving_workers(redis, record.analyzer))
+        workers = eta.serving_workers(redis, record.analyzer) if average is not None else 0
+        # No live worker serves the analyzer: the job waits for one to come, which no average foretells.
+        if workers:
+            seconds = eta.estimate_seconds(average, position=position or 0, workers=workers)
     elif record.status == RUNNING and record.started_at is not None:
         fraction = (record.progress or {}).get("fraction")
         seconds = eta.estimate_seconds(eta.average_run_seconds(redis, record.analyzer),

@@ -102,9 +102,8 @@ class WorkerRuntime:
                            host_cores=host_cores if cores is not None else None)
         runtime = cls(name=name, settings=settings, redis=redis, device=device, device_label=label,
                       analyzers=analyzers, runner=runner, gpu=GpuProbe.for_worker(device, environ))
-        catalog.publish_analyzers(redis, [type(a).spec() for a in analyzers.values()])
         runtime.state = READY
-        runtime._beat()
+        runtime._beat()  # publishes the analyzers' specs too
         runtime._heartbeat = threading.Thread(target=runtime._beat_forever, name="gpuq-heartbeat", daemon=True)
         runtime._heartbeat.start()
         ready_file = environ.get("GPUQ_READY_FILE")
@@ -138,6 +137,10 @@ class WorkerRuntime:
                 "gpu": self.gpu.sample() if self.gpu is not None else None}
 
     def _beat(self) -> None:
+        # Specs are renewed with every beat, so that an analyzer no worker serves any more
+        # expires; they live at least a heartbeat TTL, so one missed beat never retires them.
+        catalog.publish_analyzers(self.redis, [type(a).spec() for a in self.analyzers.values()],
+                                  max(self.settings.analyzer_ttl, self.settings.heartbeat_ttl))
         catalog.publish_heartbeat(self.redis, self.name, self.info(), self.settings.heartbeat_ttl)
 
     def _beat_forever(self) -> None:

@@ -2,8 +2,10 @@
 
 The API never imports analyzer code (it may need torch), so each worker
 publishes its analyzers' specs here when its model is loaded, and keeps a
-heartbeat key alive while it runs. Specs stay after workers stop, so jobs can
-still queue while a worker restarts; liveness comes from the heartbeats.
+heartbeat key alive while it runs. Each spec has a lifetime, renewed with every
+heartbeat of a worker serving it: it outlives a worker's restart, so jobs can
+still queue meanwhile, but an analyzer that no worker serves any more (dropped
+from ``GPUQ_ANALYZERS``) expires by itself. Liveness comes from the heartbeats.
 """
 
 from __future__ import annotations
@@ -14,17 +16,28 @@ from typing import Any
 from redis import Redis
 
 from tasks import keys
+from tasks.lua_scripts import load
+from tasks.settings import Settings
 
 __all__ = ["analyzer_specs", "live_workers", "publish_analyzers", "publish_heartbeat", "forget_worker"]
 
+#: When each published spec expires, by analyzer name (epoch seconds on Redis's clock).
+#: Only this module reads or writes it, beside the specs' own hash.
+_EXPIRIES = f"{keys.ANALYZERS}:expires"
+_KEYS = {"specs": keys.ANALYZERS, "expiries": _EXPIRIES}
 
-def publish_analyzers(redis: Redis, specs: list[dict[str, Any]]) -> None:
+
+def publish_analyzers(redis: Redis, specs: list[dict[str, Any]], ttl: float = Settings.analyzer_ttl) -> None:
+    """Publish ``specs``, or renew them, for ``ttl`` seconds from now."""
     if specs:
-        redis.hset(keys.ANALYZERS, mapping={s["name"]: json.dumps(s) for s in specs})
+        pairs = [[s["name"], json.dumps(s)] for s in specs]
+        load("publish_analyzers").bind(redis)(keys=_KEYS, args={"specs": json.dumps(pairs), "ttl": ttl})
 
 
 def analyzer_specs(redis: Redis) -> dict[str, dict[str, Any]]:
-    return {k.decode(): json.loads(v) for k, v in redis.hgetall(keys.ANALYZERS).items()}
+    """The specs within their lifetime, by name; expired ones are deleted on the way."""
+    flat = load("live_analyzers").bind(redis)(keys=_KEYS, args={})
+    return {flat[i].decode(): json.loads(flat[i + 1]) for i in range(0, len(flat), 2)}
 
 
 def publish_heartbeat(redis: Redis, name: str, info: dict[str, Any], ttl: int) -> None:

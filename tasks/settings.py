@@ -40,6 +40,8 @@ class Settings:
     max_wait: float = 30.0
     #: Seconds a worker's heartbeat stays valid.
     heartbeat_ttl: int = 15
+    #: Seconds an analyzer's published spec lives unless a worker serving it renews it (with its heartbeat).
+    analyzer_ttl: int = 30
     #: Per-analyzer queue depth limits, "simulate=5,digits=100", over the analyzers' own.
     queue_limits: str = ""
     #: Seconds between the janitor's sweeps for jobs whose worker died.
