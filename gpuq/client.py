@@ -7,7 +7,8 @@
 
 Errors are typed (``gpuq.client_errors``, one class per error code). Answers
 ``429`` (queue full) and ``503`` (Redis away) and connection failures are retried
-with exponential backoff, honouring ``Retry-After``; a submission carries an
+with exponential backoff, honouring ``Retry-After`` (a refused connection too,
+unless ``retry_refused=False``); a submission carries an
 ``Idempotency-Key`` (made up when not given), so a retried one never makes two jobs:
 not after a ``503 outcome_unknown`` either (the API could not tell whether the
 job was written), which, once the retries are spent, raises ``OutcomeUnknown``
@@ -16,6 +17,7 @@ with the job's id.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import threading
@@ -29,7 +31,9 @@ from typing import IO, Any
 
 import requests
 
+from gpuq import connection_failures
 from gpuq.client_errors import (
+    ApiError,
     ConnectionFailed,
     GpuqError,
     JobFailed,
@@ -39,21 +43,28 @@ from gpuq.client_errors import (
     error_for,
 )
 
-__all__ = ["Client", "Event", "Job", "TERMINAL"]
+__all__ = ["Client", "Event", "Job", "REJECTED", "TERMINAL"]
 
-TERMINAL = frozenset({"succeeded", "failed", "canceled"})
+#: The status ``map`` gives an input the API refused: it never became a job.
+REJECTED = "rejected"
+TERMINAL = frozenset({"succeeded", "failed", "canceled", REJECTED})
 _MISSING: Any = object()
 #: The API's longest long-poll, seconds.
 _MAX_WAIT = 30.0
 #: 503 codes a long-poll is answered when the API holds all the waits it will: not retried, read instead.
 _BUSY_WAITING = frozenset({TooManyLongPolls.code})
+#: Refusals of a submit that concern its input (an empty file, a type the analyzer does not take, an invalid
+#: input), unless their field names a part of the request every input of a ``map`` shares.
+_INPUT_REFUSALS = frozenset({400, 413, 415, 422})
+_SHARED_FIELDS = frozenset({"analyzer", "params", "webhook"})
 
 
 @dataclass(frozen=True)
 class Job:
-    """A job object of the API, typed; ``raw`` keeps the whole answer."""
+    """A job object of the API, typed; ``raw`` keeps the whole answer. ``map`` also yields a ``rejected``
+    one, without an id, for an input the API refused."""
 
-    id: str
+    id: str | None
     analyzer: str
     status: str
     created_at: str | None = None
@@ -80,6 +91,11 @@ class Job:
         known = {f.name for f in fields(cls)} - {"raw"}
         return cls(**{k: v for k, v in data.items() if k in known}, raw=data)
 
+    @classmethod
+    def rejected(cls, analyzer: str, error: dict[str, Any]) -> Job:
+        """An input that never became a job; ``error`` has the ``code``, ``message`` and ``field`` of why."""
+        return cls.from_dict({"id": None, "analyzer": analyzer, "status": REJECTED, "error": error})
+
     @property
     def done(self) -> bool:
         return self.status in TERMINAL
@@ -94,8 +110,8 @@ class Job:
         return float(value) if isinstance(value, (int, float)) else None
 
     def raise_for_status(self) -> Job:
-        """This job, or ``JobFailed`` when it ended failed or canceled."""
-        if self.status in ("failed", "canceled"):
+        """This job, or ``JobFailed`` when it ended failed or canceled (or was rejected)."""
+        if self.status in ("failed", "canceled", REJECTED):
             raise JobFailed(self)
         return self
 
@@ -110,14 +126,21 @@ class Event:
 
 
 class Client:
+    """A client of one API. ``retry_refused=False`` raises ``ConnectionFailed`` at once when nothing
+    listens at ``url`` (or its host name is unknown) instead of retrying; ``on_retry(error, seconds)`` is
+    told of each retry before its wait, to show it."""
+
     def __init__(self, url: str, api_key: str | None = None, *, timeout: float = 30.0, max_retries: int = 5,
-                 backoff: float = 0.5, max_backoff: float = 30.0):
+                 backoff: float = 0.5, max_backoff: float = 30.0, retry_refused: bool = True,
+                 on_retry: Callable[[GpuqError, float], None] | None = None):
         self.url = url.rstrip("/")
         self.api_key = api_key
         self.timeout = timeout
         self.max_retries = max_retries
         self.backoff = backoff
         self.max_backoff = max_backoff
+        self.retry_refused = retry_refused
+        self.on_retry = on_retry
         self._local = threading.local()  # a session per thread: map() calls from many
 
     # -- calls ------------------------------------------------------------------
@@ -197,6 +220,8 @@ class Client:
                     yield event
                     if event.job is None or event.job.done:
                         return
+            except requests.RequestException as error:  # the API went away mid-stream
+                raise self._connection_failed(error) from error
             finally:
                 response.close()
             if not reconnect:
@@ -207,13 +232,23 @@ class Client:
         """Submit one job per input, at most ``concurrency`` at a time; yield ``(index, job)`` as each ends.
 
         An input that is a ``Path``, bytes or a binary file is uploaded; anything else is a JSON input.
-        A job that fails is yielded like any other (check ``job.status``); an error of the API is raised.
+        A job that fails is yielded like any other (check ``job.status``). So is an input the API refuses
+        (an empty or unreadable file, a type the analyzer does not take, an invalid input): a job of status
+        ``rejected``, without an id, whose ``error`` says why; the other inputs go on. An error that would
+        refuse every input (an unknown analyzer, invalid ``params``, no valid API key) or an API that cannot
+        be reached is raised.
         """
         def one(item: Any) -> Job:
-            if isinstance(item, (os.PathLike, bytes, bytearray)) or hasattr(item, "read"):
-                job = self.submit(analyzer, file=item, params=params)
-            else:
-                job = self.submit(analyzer, input=item, params=params)
+            try:
+                submission = _submission(item)
+            except OSError as error:
+                return Job.rejected(analyzer, {"code": "unreadable_file", "message": str(error), "field": "file"})
+            try:
+                job = self.submit(analyzer, params=params, **submission)
+            except ApiError as error:
+                if error.status not in _INPUT_REFUSALS or (error.field or "").split(".")[0] in _SHARED_FIELDS:
+                    raise
+                return Job.rejected(analyzer, {"code": error.code, "message": error.message, "field": error.field})
             return self.wait(job.id, timeout=timeout)
 
         items = iter(enumerate(inputs))
@@ -263,9 +298,10 @@ class Client:
                 response = self._session().request(method, self.url + path, headers=headers,
                                                    timeout=timeout or self.timeout, **kwargs)
             except (requests.ConnectionError, requests.Timeout) as error:
-                if last:
-                    raise ConnectionFailed(f"{method} {self.url}{path}: {error}") from error
-                sleep(delay)
+                failed = self._connection_failed(error)
+                if last or (failed.refused and not self.retry_refused):
+                    raise failed from error
+                self._retry_after_wait(failed, delay, sleep)
                 continue
             if response.status_code < 400:
                 return response
@@ -277,10 +313,31 @@ class Client:
             error = error_for(response.status_code, body, retry_after)
             if response.status_code in (429, 503) and not last and error.code not in raise_at_once:
                 response.close()
-                sleep(min(self.max_backoff, max(delay, retry_after or 0.0)))
+                self._retry_after_wait(error, min(self.max_backoff, max(delay, retry_after or 0.0)), sleep)
                 continue
             raise error
         raise GpuqError("unreachable")  # pragma: no cover
+
+    def _retry_after_wait(self, error: GpuqError, seconds: float, sleep: Callable[[float], None]) -> None:
+        if self.on_retry is not None:
+            self.on_retry(error, seconds)
+        sleep(seconds)
+
+    def _connection_failed(self, error: BaseException) -> ConnectionFailed:
+        reason, refused = connection_failures.describe(error)
+        return ConnectionFailed(f"cannot reach the API at {self.url}: {reason}", url=self.url, reason=reason,
+                                refused=refused)
+
+
+def _submission(item: Any) -> dict[str, Any]:
+    """``submit``'s keyword for one input of ``map``: a file read now (so an unreadable one raises
+    ``OSError`` here, before any request), or the JSON input."""
+    if isinstance(item, (os.PathLike, bytes, bytearray)) or hasattr(item, "read"):
+        name, data = _read_file(item)
+        upload = io.BytesIO(data)
+        upload.name = name
+        return {"file": upload}
+    return {"input": item}
 
 
 def _read_file(file: str | os.PathLike | bytes | IO[bytes]) -> tuple[str, bytes]:

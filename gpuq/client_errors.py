@@ -23,7 +23,15 @@ class GpuqError(Exception):
 
 
 class ConnectionFailed(GpuqError):
-    """Raised when the API cannot be reached at all (after the retries)."""
+    """Raised when the API cannot be reached at all (after the retries); ``url`` is where it was looked for,
+    ``reason`` why it failed, in a few words, and ``refused`` whether nothing was there to answer (the
+    connection refused, or the host name unknown)."""
+
+    def __init__(self, message: str, *, url: str | None = None, reason: str | None = None, refused: bool = False):
+        super().__init__(message)
+        self.url = url
+        self.reason = reason or message
+        self.refused = refused
 
 
 class WaitTimeout(GpuqError):
@@ -35,11 +43,13 @@ class WaitTimeout(GpuqError):
 
 
 class JobFailed(GpuqError):
-    """Raised by ``Job.raise_for_status`` for a job that ended failed or canceled."""
+    """Raised by ``Job.raise_for_status`` for a job that ended failed or canceled, or an input ``map``
+    could not submit (``rejected``)."""
 
     def __init__(self, job: Any):
         error = job.error or {}
-        super().__init__(f"job {job.id} {job.status}: {error.get('code', '')} {error.get('message', '')}".strip())
+        what = f"job {job.id}" if job.id else "input"
+        super().__init__(f"{what} {job.status}: {error.get('code', '')} {error.get('message', '')}".strip())
         self.job = job
 
 

@@ -2,7 +2,8 @@
 
 Human output by default, ``--json`` for scripts; progress bars go to stderr.
 Exit codes (``EXIT_*``) let scripts tell a failed job from a refused request
-from an API that cannot be reached.
+from an API that cannot be reached. A refused connection is not retried: nothing
+listens there, and a person is better told so at once than after 16 s of backoff.
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ import json
 import os
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gpuq.client import Client, Job
+from gpuq.client import REJECTED, Client
 from gpuq.client_errors import ApiError, ConnectionFailed, GpuqError, OutcomeUnknown, Unavailable, WaitTimeout
+from gpuq.job_text import job_lines
 from gpuq.progress_bar import ProgressBar
 
 __all__ = ["COMMANDS", "EXIT_API_ERROR", "EXIT_CANCELED", "EXIT_FAILED", "EXIT_OK", "EXIT_TIMEOUT",
@@ -69,7 +72,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    client = Client(args.url, api_key=args.api_key)
+    client = Client(args.url, api_key=args.api_key, retry_refused=False, on_retry=_retry_notice(args.url))
     try:
         return _COMMANDS[args.command](client, args)
     except WaitTimeout as error:
@@ -85,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
                                    "status": error.status}})
         return EXIT_UNREACHABLE
     except (ConnectionFailed, Unavailable) as error:
-        _say(f"gpuq: cannot reach the API at {args.url}: {error}")
+        _say(_trouble(error, args.url))
         return EXIT_UNREACHABLE
     except ApiError as error:
         _say(f"gpuq: {error.status} {error.code}" + (f" ({error.field})" if error.field else "") + f": {error}")
@@ -124,7 +127,7 @@ def _status(client: Client, args: argparse.Namespace) -> int:
     if args.json:
         _print_json(job.raw)
     else:
-        _print_job(job)
+        print("\n".join(job_lines(job)))
     return EXIT_OK
 
 
@@ -147,8 +150,11 @@ def _analyzers(client: Client, args: argparse.Namespace) -> int:
         _print_json(analyzers)
         return EXIT_OK
     for a in analyzers:
-        workers = ", ".join(w.get("name", "?") if isinstance(w, dict) else str(w) for w in a.get("workers", []))
-        print(f"{a['name']:<16} {a.get('description', '')}" + (f"  [{workers}]" if workers else "  [no worker]"))
+        workers = ", ".join(f"{w.get('name', '?')} ({w.get('device')}, {w.get('state')})" if isinstance(w, dict)
+                            else str(w) for w in a.get("workers", []))
+        print(f"{a['name']:<16} {workers or 'no worker'}")
+        if a.get("description"):
+            print(f"{'':<16} {a['description']}")
     return EXIT_OK
 
 
@@ -159,7 +165,8 @@ def _batch(client: Client, args: argparse.Namespace) -> int:
     files = sorted(p for p in args.dir.iterdir() if p.is_file() and not p.name.startswith("."))
     out = args.out.open("w") if args.out else sys.stdout
     bar = ProgressBar(f"{args.analyzer} 0/{len(files)}")
-    counts = {"succeeded": 0, "failed": 0, "canceled": 0}
+    counts = dict.fromkeys(("succeeded", "failed", REJECTED, "canceled"), 0)
+    unsuccessful: list[str] = []
     try:
         for done, (index, job) in enumerate(client.map(args.analyzer, files, concurrency=args.concurrency,
                                                         params=params, timeout=args.timeout), start=1):
@@ -167,14 +174,20 @@ def _batch(client: Client, args: argparse.Namespace) -> int:
             out.write(json.dumps({"file": files[index].name, "id": job.id, "status": job.status,
                                   "result": job.result, "error": job.error}) + "\n")
             out.flush()
+            if not job.succeeded:
+                error = job.error or {}
+                unsuccessful.append(f"  {files[index].name}: {job.status}"
+                                    + (f", {error.get('code')}: {error.get('message')}" if error else ""))
             bar.label = f"{args.analyzer} {done}/{len(files)}"
-            bar.update(done / len(files) if files else 1.0, f"{counts['failed']} failed" if counts["failed"] else "")
+            bar.update(done / len(files) if files else 1.0, f"{len(unsuccessful)} not succeeded" if unsuccessful
+                       else "")
     finally:
         bar.close()
         if args.out:
             out.close()
-    _say(f"{len(files)} files: {counts['succeeded']} succeeded, {counts['failed']} failed, "
-         f"{counts['canceled']} canceled")
+    _say(f"{len(files)} files: " + ", ".join(f"{n} {status}" for status, n in counts.items()))
+    for line in unsuccessful:
+        _say(line)
     return EXIT_OK if counts["succeeded"] == len(files) else EXIT_FAILED
 
 
@@ -200,7 +213,7 @@ def _wait_and_show(client: Client, job_id: str, args: argparse.Namespace) -> int
     if args.json:
         _print_json(job.raw)
     else:
-        _print_job(job)
+        print("\n".join(job_lines(job)))
     return {"succeeded": EXIT_OK, "canceled": EXIT_CANCELED}.get(job.status, EXIT_FAILED)
 
 
@@ -225,25 +238,6 @@ def _follow(client: Client, job_id: str, bar: ProgressBar, stop: threading.Event
         return  # no stream (too many open, say): the long-poll still waits for the end
 
 
-def _print_job(job: Job) -> None:
-    lines = [f"id:        {job.id}", f"analyzer:  {job.analyzer}", f"status:    {job.status}"]
-    if job.queue_position is not None:
-        lines.append(f"position:  {job.queue_position} ahead")
-    if job.eta_seconds is not None:
-        lines.append(f"eta:       {job.eta_seconds:.1f}s ({job.eta})")
-    if job.progress and not job.done:
-        lines.append(f"progress:  {job.progress}")
-    if job.worker:
-        lines.append(f"worker:    {job.worker} ({job.device})")
-    if job.timings:
-        lines.append(f"timings:   {job.timings}")
-    if job.error:
-        lines.append(f"error:     {job.error.get('code')}: {job.error.get('message')}")
-    if job.succeeded:
-        lines.append("result:    " + json.dumps(job.result, indent=2))
-    print("\n".join(lines))
-
-
 def _json_arg(raw: str | None, name: str) -> Any:
     if raw is None:
         return None
@@ -257,8 +251,28 @@ def _print_json(value: Any) -> None:
     print(json.dumps(value))
 
 
+def _retry_notice(url: str) -> Callable[[GpuqError, float], None]:
+    def notice(error: GpuqError, seconds: float) -> None:
+        # A full queue (429) goes unsaid: it is a batch's everyday back-pressure, not trouble.
+        if isinstance(error, (ConnectionFailed, Unavailable)):
+            _say(f"{_trouble(error, url)}; trying again in {seconds:.1f}s")
+    return notice
+
+
+def _trouble(error: ConnectionFailed | Unavailable, url: str) -> str:
+    """One line on an API that cannot be used: ``ConnectionFailed`` names its URL already."""
+    if isinstance(error, ConnectionFailed) and error.refused:
+        return (f"gpuq: {error}; is it running there? "
+                "(`make up` serves http://127.0.0.1:8000; --url or GPUQ_URL names another)")
+    if isinstance(error, ConnectionFailed):
+        return f"gpuq: {error}"
+    return f"gpuq: the API at {url} is unavailable ({error.status} {error.code}): {error}"
+
+
 def _say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
+    # On a terminal, first clear a progress bar drawn on this line; it is drawn again below at its next step.
+    clear = "\r\x1b[K" if sys.stderr.isatty() else ""
+    print(clear + text, file=sys.stderr, flush=True)
 
 
 _COMMANDS = {"submit": _submit, "status": _status, "wait": _wait, "cancel": _cancel, "analyzers": _analyzers,

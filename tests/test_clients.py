@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import socket
 import subprocess
 import sys
 import threading
@@ -25,6 +26,7 @@ from gpuq.client import Client
 from gpuq.client_errors import (
     AlreadyFinished,
     InvalidField,
+    JobFailed,
     NotFound,
     OutcomeUnknown,
     QueueFull,
@@ -455,6 +457,118 @@ def test_cli(stack, tmp_path: Path) -> None:
     assert sorted(line["file"] for line in lines) == [f"{i:02d}.png" for i in range(12)]
     right = sum(line["result"]["digit"] == y_test[int(line["file"][:2])] for line in lines)
     assert right >= 11 and "12/12" in batch.stderr and "12 succeeded" in batch.stderr
-    (folder / "bad.png").write_bytes(b"not an image")
-    broken = gpuq(stack, "batch", "digits", str(folder))
-    assert broken.returncode == 5 and "unsupported_media_type" in broken.stderr
+
+
+def test_batch_goes_on_past_bad_files(stack, tmp_path: Path) -> None:
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    _, x_test, _, y_test = heldout_split()
+    for i in range(47):
+        (folder / f"{i:02d}.png").write_bytes(digit_png(x_test[i]))
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "notes.txt").write_text("not an image\n")
+    (folder / "truncated.png").write_bytes(digit_png(x_test[47])[:100])
+    batch = gpuq(stack, "batch", "digits", str(folder))
+    assert batch.returncode == 1, batch.stderr
+    lines = {line["file"]: line for line in map(json.loads, batch.stdout.splitlines())}
+    assert len(batch.stdout.splitlines()) == len(lines) == 50
+    good = [line for name, line in lines.items() if name[:2].isdigit()]
+    assert all(line["status"] == "succeeded" and line["id"] for line in good)
+    assert sum(line["result"]["digit"] == y_test[int(line["file"][:2])] for line in good) >= 44
+    # Refused at submit: no job, the API's code and message. Accepted, then failed decoding: a job.
+    assert lines["empty.png"]["status"] == "rejected" and lines["empty.png"]["id"] is None
+    assert lines["empty.png"]["error"] == {"code": "invalid_field", "message": "file is empty", "field": "file"}
+    assert lines["notes.txt"]["status"] == "rejected"
+    assert lines["notes.txt"]["error"]["code"] == "unsupported_media_type" and lines["notes.txt"]["error"]["message"]
+    assert lines["truncated.png"]["status"] == "failed" and lines["truncated.png"]["id"]
+    assert lines["truncated.png"]["error"]["code"] == "invalid_input"
+    assert "50 files: 47 succeeded, 1 failed, 2 rejected, 0 canceled" in batch.stderr
+    for name, code in (("empty.png", "invalid_field"), ("notes.txt", "unsupported_media_type"),
+                       ("truncated.png", "invalid_input")):
+        assert f"{name}: {lines[name]['status']}, {code}: " in batch.stderr
+
+
+def test_map_yields_rejected_inputs_and_raises_what_every_input_would_meet(client: Client, tmp_path: Path) -> None:
+    png = digit_png(heldout_split()[1][0])
+    inputs = [png, b"", b"plain text", tmp_path / "missing.png", png]
+    jobs = dict(client.map("digits", inputs, concurrency=2, timeout=60))
+    assert [jobs[i].status for i in range(5)] == ["succeeded", "rejected", "rejected", "rejected", "succeeded"]
+    assert jobs[1].error["code"] == "invalid_field" and jobs[1].error["field"] == "file" and jobs[1].id is None
+    assert jobs[2].error["code"] == "unsupported_media_type"
+    assert jobs[3].error["code"] == "unreadable_file" and "missing.png" in jobs[3].error["message"]
+    with pytest.raises(JobFailed, match="input rejected: invalid_field file is empty"):
+        jobs[1].raise_for_status()
+    # A JSON input the analyzer refuses is the input's too.
+    refused = dict(client.map("simulate", [{"fine": True}], params={"seconds": 0}))
+    assert refused[0].succeeded
+    assert dict(client.map("digits", [{"not": "a file"}]))[0].error["field"] == "input"
+    # What would refuse every input stops the map.
+    with pytest.raises(UnknownAnalyzer):
+        list(client.map("no-such", [png, png]))
+    with pytest.raises(InvalidField) as invalid:
+        list(client.map("simulate", [None, None], params={"seconds": -1}))
+    assert invalid.value.field == "params.seconds"
+
+
+def test_status_is_plain_text(stack) -> None:
+    submitted = gpuq(stack, "submit", "simulate", "--input", "null", "--params", '{"seconds": 3}')
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = submitted.stdout.strip()
+    running = _until(lambda: "status:    running" in (out := gpuq(stack, "status", job_id).stdout) and
+                     "progress:" in out and out)
+    assert "{" not in running and "'" not in running, running
+    progress = next(line for line in running.splitlines() if line.startswith("progress:"))
+    assert progress.split()[1].endswith("%") and progress.split()[2] == "simulate", progress
+    assert gpuq(stack, "wait", job_id).returncode == 0
+    finished = gpuq(stack, "status", job_id).stdout
+    assert "{" not in finished and "'" not in finished, finished
+    timings = next(line for line in finished.splitlines() if line.startswith("timings:"))
+    assert " ms" in timings and "run" in timings, timings
+    rows = [row.split() for row in finished.split("result:\n", 1)[1].splitlines()]
+    assert [row[0] for row in rows] == ["seconds", "input"] and rows[1] == ["input", "null"], finished
+    assert float(rows[0][1]) >= 3
+    assert json.loads(gpuq(stack, "status", job_id, "--json").stdout)["id"] == job_id
+
+
+def test_cli_says_at_once_that_nothing_listens(tmp_path: Path) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    (tmp_path / "seven.png").write_bytes((ROOT / "examples" / "seven.png").read_bytes())
+    for args in (["status", "some-id"], ["submit", "digits", str(tmp_path / "seven.png"), "--wait"],
+                 ["batch", "digits", str(tmp_path)], ["analyzers", "--json"]):
+        began = time.monotonic()
+        cli = subprocess.run([sys.executable, "-m", "gpuq.cli", *args, "--url", url], capture_output=True,
+                             text=True, timeout=60, cwd=ROOT)
+        assert cli.returncode == 6, (args, cli.stderr)
+        assert time.monotonic() - began < 10  # no backoff: 16 s of it before
+        assert cli.stderr.splitlines() == [f"gpuq: cannot reach the API at {url}: connection refused; "
+                                           "is it running there? (`make up` serves http://127.0.0.1:8000; "
+                                           "--url or GPUQ_URL names another)"], cli.stderr
+        assert cli.stdout == ""
+
+
+def test_cli_shows_each_retry_of_a_broken_connection() -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def hang_up() -> None:  # accepts, then closes without an answer: not refused, so retried
+        while True:
+            try:
+                connection, _ = listener.accept()
+            except OSError:
+                return
+            connection.close()
+
+    threading.Thread(target=hang_up, daemon=True).start()
+    cli = subprocess.Popen([sys.executable, "-m", "gpuq.cli", "status", "some-id", "--url",
+                            f"http://127.0.0.1:{port}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True, cwd=ROOT)
+    try:
+        first, second = cli.stderr.readline(), cli.stderr.readline()
+        assert first.startswith(f"gpuq: cannot reach the API at http://127.0.0.1:{port}: ") and \
+            first.rstrip().endswith("trying again in 0.5s"), first
+        assert second.rstrip().endswith("trying again in 1.0s"), second
+        assert cli.poll() is None  # it goes on retrying
+    finally:
+        cli.kill()
+        cli.wait()
+        listener.close()
