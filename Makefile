@@ -1,20 +1,43 @@
 # Two commands do all the set-up: `make up` runs the stack, `make test` the suite.
 VENV ?= .venv
 PYTHON ?= python3
-# CPU wheel here; a GPU host may set TORCH_SPEC to its CUDA build.
-TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.gpuq-installed
 
-.PHONY: up test worker lint clean
+# Which build of torch. PyPI's Linux wheel is the CUDA build and brings several GB of CUDA
+# libraries, so it is taken only where nvidia-smi lists a GPU; elsewhere the CPU build.
+# TORCH=cuda or TORCH=cpu overrides the guess.
+TORCH_VERSION ?= 2.13.0
+TORCH ?= $(if $(shell nvidia-smi -L 2>/dev/null),cuda,cpu)
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+# Any other build: the pip arguments that install it, for example CUDA 12.6's
+#   make up TORCH_SPEC='torch==2.13.0 --index-url https://download.pytorch.org/whl/cu126'
+TORCH_SPEC ?=
+
+ifneq ($(strip $(TORCH_SPEC)),)
+INSTALL_TORCH = $(PY) -m pip install -q $(TORCH_SPEC)
+else ifeq ($(TORCH),cuda)
+INSTALL_TORCH = $(PY) -m pip install -q "torch==$(TORCH_VERSION)"
+else
+# The +cpu wheel from wherever pip is already configured to look first (a wheelhouse or a
+# mirror that may be all a closed network reaches), else PyTorch's CPU index: it holds no
+# CUDA build that pip could pick instead.
+INSTALL_TORCH = $(PY) -m pip install -q "torch==$(TORCH_VERSION)+cpu" 2>/dev/null \
+	|| $(PY) -m pip install -q "torch==$(TORCH_VERSION)" --index-url $(TORCH_CPU_INDEX)
+endif
+
+.PHONY: up test install worker lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned, so the project's looser range installs nothing more.
-	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(INSTALL_TORCH)
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
+
+# Only the virtualenv, for the commands that run from it (.venv/bin/python -m api.keygen, ...).
+install: $(STAMP)
 
 up: $(STAMP)
 	$(VENV)/bin/gpuq up

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 from api.auth import new_key
@@ -9,19 +10,30 @@ from api.auth import new_key
 __all__ = ["main"]
 
 
-def main(argv: list[str]) -> int:
-    if len(argv) != 1:
-        print("usage: python -m api.keygen TENANT   (prints a new key, and its GPUQ_API_KEYS entry)", file=sys.stderr)
-        return 2
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m api.keygen",
+        description="Make a new API key for a tenant. Prints the key, which is stored nowhere (give it to "
+                    "the tenant), and the GPUQ_API_KEYS entry (tenant:sha256hex) that the API needs: "
+                    "comma-separate several entries.",
+    )
+    parser.add_argument("tenant", metavar="TENANT",
+                        help="the tenant the key belongs to: 1 to 64 letters, digits, '.', '_' or '-'")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
     try:
-        key, entry = new_key(argv[0])
+        # new_key checks the name against the rule the API applies to GPUQ_API_KEYS entries.
+        key, entry = new_key(args.tenant)
     except ValueError as error:
-        print(error, file=sys.stderr)
-        return 2
+        parser.error(str(error))
     print(f"key (give it to the tenant; it is not stored anywhere): {key}")
     print(f"GPUQ_API_KEYS entry: {entry}")
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))
+    sys.exit(main())

@@ -9,8 +9,11 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
+
+from gpuq.die_with_parent import die_with_parent
 
 __all__ = ["RedisServer", "find_redis_server", "free_port"]
 
@@ -36,10 +39,16 @@ def free_port() -> int:
 class RedisServer:
     """A redis-server bound to loopback, with AOF on so a restart keeps the data."""
 
-    def __init__(self, directory: Path, port: int | None = None, *, appendonly: bool = True):
+    def __init__(self, directory: Path, port: int | None = None, *, appendonly: bool = True,
+                 guard_grace: float | None = None):
+        """``guard_grace``: run under gpuq/redis_guard.py, which ends Redis when this process ends, but only
+        after the processes named with ``outlive`` (waiting at most that many seconds for them). Opt-in:
+        the kernel ties the guard to the thread that starts it, and a test may start a server from a
+        thread that ends before the server should."""
         self.directory = Path(directory)
         self.port = port or free_port()
         self.appendonly = appendonly
+        self.guard_grace = guard_grace
         self.process: subprocess.Popen | None = None
 
     @property
@@ -55,8 +64,14 @@ class RedisServer:
             "--maxmemory-policy", "noeviction", "--protected-mode", "yes",
             "--logfile", str(self.directory / "redis.log"),
         ]
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                        start_new_session=True)
+        if self.guard_grace is None:
+            self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                            start_new_session=True)
+        else:
+            guard = [sys.executable, "-m", "gpuq.redis_guard", "--grace", str(self.guard_grace), "--"]
+            self.process = subprocess.Popen(guard + command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                            stderr=subprocess.DEVNULL, start_new_session=True,
+                                            preexec_fn=die_with_parent())
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -73,6 +88,11 @@ class RedisServer:
             time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"redis-server did not answer on port {self.port} within {timeout}s")
+
+    def outlive(self, pid: int) -> None:
+        """Under the guard: if this process dies, Redis stops only after ``pid`` has."""
+        self.process.stdin.write(f"{pid}\n".encode())
+        self.process.stdin.flush()
 
     def kill(self) -> None:
         """SIGKILL, as a crash would: no final save beyond what AOF already wrote."""

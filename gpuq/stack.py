@@ -2,8 +2,14 @@
 
 Redis (``GPUQ_REDIS_URL`` if set, else a local redis-server with AOF under
 ``.gpuq/``), the API under gunicorn, the worker launcher and Flower, each a
-child process. Ctrl-C or SIGTERM stops them all, workers last but one so
-running jobs can finish, Redis last. If any part dies, the rest is stopped.
+child process. Ctrl-C, SIGTERM or SIGHUP (a closed terminal) stops them all,
+workers last but one so running jobs can finish, Redis last. If any part dies,
+the rest is stopped.
+
+If ``gpuq up`` itself is killed outright (SIGKILL, the OOM killer), the kernel
+sends every part SIGTERM (gpuq/die_with_parent.py), and Redis stops once the
+others have (gpuq/redis_guard.py): nothing outlives it holding a port. A port
+that is already taken stops ``gpuq up`` before anything starts.
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from gpuq.die_with_parent import die_with_parent
+from gpuq.ports_in_use import Listener, in_use, refusal
 from gpuq.redis_server import RedisServer
 
 __all__ = ["run_stack"]
@@ -23,9 +31,26 @@ __all__ = ["run_stack"]
 _ROOT = Path(__file__).resolve().parent.parent
 
 
-def _start(name: str, command: list[str], env: dict[str, str]) -> subprocess.Popen:
+def _start(name: str, command: list[str], env: dict[str, str], redis: RedisServer | None) -> subprocess.Popen:
     print(f"gpuq up: starting {name}: {' '.join(command)}", flush=True)
-    return subprocess.Popen(command, env=env, cwd=_ROOT, start_new_session=True)
+    process = subprocess.Popen(command, env=env, cwd=_ROOT, start_new_session=True, preexec_fn=die_with_parent())
+    if redis is not None:
+        redis.outlive(process.pid)
+    return process
+
+
+def _listeners(env: dict[str, str], redis_port: int | None) -> list[Listener]:
+    """The ports the parts will listen on, where gunicorn.conf.py, Flower's flags and RedisServer put them."""
+    listeners = []
+    bind = env.get("GPUQ_API_BIND") or f"{env.get('GPUQ_API_HOST', '127.0.0.1')}:{env['GPUQ_API_PORT']}"
+    host, _, port = bind.rpartition(":")
+    if port.isdigit():  # not a unix socket
+        variable = "GPUQ_API_BIND" if env.get("GPUQ_API_BIND") else "GPUQ_API_PORT"
+        listeners.append(Listener("the API", host.strip("[]") or "0.0.0.0", int(port), variable))
+    listeners.append(Listener("Flower", "127.0.0.1", int(env["GPUQ_FLOWER_PORT"]), "GPUQ_FLOWER_PORT"))
+    if redis_port is not None:
+        listeners.append(Listener("Redis", "127.0.0.1", redis_port, "GPUQ_REDIS_PORT (or GPUQ_REDIS_URL)"))
+    return listeners
 
 
 def _wait_ready(url: str, children: dict[str, subprocess.Popen], timeout: float) -> bool:
@@ -55,9 +80,18 @@ def run_stack(environ: dict[str, str] | None = None) -> int:
         print("gpuq up: GPUQ_API_KEYS is not set: the API runs without keys (GPUQ_AUTH=off), "
               "for local development only", flush=True)
 
+    redis_port = None if env.get("GPUQ_REDIS_URL") else int(env.get("GPUQ_REDIS_PORT", "6390"))
+    taken = in_use(_listeners(env, redis_port))
+    if taken:
+        for line in refusal(taken).splitlines():
+            print(f"gpuq up: {line}", file=sys.stderr, flush=True)
+        return 1
+
     redis = None
-    if not env.get("GPUQ_REDIS_URL"):
-        redis = RedisServer(state / "redis", port=int(env.get("GPUQ_REDIS_PORT", "6390"))).start()
+    if redis_port is not None:
+        # The launcher waits GPUQ_STOP_GRACE for its workers; Redis must be there until they are gone.
+        grace = float(env.get("GPUQ_STOP_GRACE", "60")) + 15
+        redis = RedisServer(state / "redis", port=redis_port, guard_grace=grace).start()
         env["GPUQ_REDIS_URL"] = redis.url
         print(f"gpuq up: redis-server on {redis.url} (AOF in {redis.directory})", flush=True)
 
@@ -69,19 +103,20 @@ def run_stack(environ: dict[str, str] | None = None) -> int:
         nonlocal stopping
         stopping = True
 
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, request_stop)
     code = 0
     try:
-        children["api"] = _start("api", [python, "-m", "gunicorn", "-c", str(_ROOT / "gunicorn.conf.py")], env)
-        children["workers"] = _start("workers", [python, "-m", "gpu_worker.launcher"], env)
+        children["api"] = _start("api", [python, "-m", "gunicorn", "-c", str(_ROOT / "gunicorn.conf.py")], env,
+                                  redis)
+        children["workers"] = _start("workers", [python, "-m", "gpu_worker.launcher"], env, redis)
         flower_cmd = [python, "-m", "celery", "-A", "tasks.celery_app", "flower",
                       "--address=127.0.0.1", f"--port={flower_port}", "--persistent=True",
                       f"--db={state / 'flower.db'}", "--state_save_interval=60000"]
         if not env.get("FLOWER_BASIC_AUTH"):
             print("gpuq up: FLOWER_BASIC_AUTH is not set: Flower runs without a password on loopback only",
                   flush=True)
-        children["flower"] = _start("flower", flower_cmd, env)
+        children["flower"] = _start("flower", flower_cmd, env, redis)
 
         ready_url = f"http://127.0.0.1:{api_port}/readyz"
         if _wait_ready(ready_url, children, float(env.get("GPUQ_UP_TIMEOUT", "300"))):
