@@ -2,7 +2,9 @@
 
 The schema is the copy that the PyPI package check-jsonschema ships
 (``check_jsonschema/builtin_schemas/vendor/compose-spec.json``, from the
-compose-spec project), so nothing is downloaded at test time.
+compose-spec project), so nothing is downloaded at test time. The files are
+checked twice: here with jsonschema, and by the ``check-jsonschema`` command
+itself, as anyone would run it.
 """
 
 from __future__ import annotations
@@ -11,8 +13,12 @@ import copy
 import importlib.resources
 import json
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+import yaml
 from jsonschema import Draft202012Validator
 
 from tests.compose import (
@@ -59,6 +65,61 @@ def test_compose_file_and_cpu_variant_match_the_compose_schema(validator, gpu, c
     assert _errors(validator, cpu) == []
 
 
+def check_jsonschema(path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.compose-spec",
+                           str(path)], capture_output=True, text=True, timeout=120)
+
+
+class _ResetAsValue(yaml.SafeLoader):
+    """Reads Compose's ``!reset`` as the value it carries (``null`` here), as the schema sees a field."""
+
+
+def _reset_value(loader: yaml.SafeLoader, node: yaml.Node):
+    if isinstance(node, yaml.ScalarNode):
+        return yaml.safe_load(node.value)  # `!reset null`: the plain scalar's own type
+    if isinstance(node, yaml.SequenceNode):
+        return loader.construct_sequence(node, deep=True)
+    return loader.construct_mapping(node, deep=True)
+
+
+_ResetAsValue.add_constructor("!reset", _reset_value)
+
+
+def test_check_jsonschema_accepts_the_compose_file_as_it_is():
+    done = check_jsonschema(COMPOSE_FILE)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "ok -- validation done" in done.stdout
+
+
+def test_check_jsonschema_accepts_the_cpu_override_and_the_merged_cpu_stack(tmp_path):
+    # check-jsonschema's YAML parser knows no `!reset`: it refuses the override file as written...
+    assert "!reset" in CPU_OVERRIDE.read_text()
+    assert check_jsonschema(CPU_OVERRIDE).returncode != 0
+    # ...so the override, with the tag read as its value, and the merged stack Compose would run go as JSON.
+    override = tmp_path / "docker-compose.cpu.json"
+    override.write_text(json.dumps(yaml.load(CPU_OVERRIDE.read_text(), Loader=_ResetAsValue)))  # noqa: S506
+    merged = tmp_path / "docker-compose.merged-cpu.json"
+    merged.write_text(json.dumps(load(COMPOSE_FILE, CPU_OVERRIDE)))
+    for path in (override, merged):
+        done = check_jsonschema(path)
+        assert done.returncode == 0, f"{path.name}: {done.stdout}{done.stderr}"
+
+
+def test_check_jsonschema_rejects_a_wrong_file(tmp_path):
+    wrong = load_file(COMPOSE_FILE)
+    wrong["services"]["api"]["restart_policy"] = "always"  # not a service key
+    path = tmp_path / "wrong.json"
+    path.write_text(json.dumps(wrong))
+    done = check_jsonschema(path)
+    assert done.returncode == 1 and "restart_policy" in done.stdout
+
+
+def test_the_override_states_the_compose_version_its_reset_needs():
+    for path in (COMPOSE_FILE, CPU_OVERRIDE):
+        assert re.search(r"Docker Compose 2\.24 or\s+(#\s+)?later", path.read_text()), path.name
+    assert re.search(r"Compose 2\.24 or later", (ROOT / "README.md").read_text())
+
+
 def test_the_schema_check_does_reject_a_wrong_file(validator, gpu):
     wrong = copy.deepcopy(gpu)
     wrong["services"]["api"]["restart_policy"] = "always"  # not a service key
@@ -94,11 +155,12 @@ def test_no_secret_is_written_in_the_files():
         env = {k: v for k, v in SECRETS.items() if k != variable}
         with pytest.raises(InterpolationError, match=variable):
             interpolate(load(COMPOSE_FILE), env)
-    # Every secret-like variable is a required interpolation, never a value.
+    # Every secret-like variable is an interpolation, never a value: required, or empty unless given
+    # (the webhook secret: without it the stack simply sends no webhooks).
     for name, service in load(COMPOSE_FILE)["services"].items():
         for key, value in environment_of(service).items():
             if re.search(r"PASSWORD|AUTH|SECRET|TOKEN", key):
-                assert re.fullmatch(r"\$\{[A-Z_]+:\?[^}]*\}", value), f"{name}.{key} = {value!r}"
+                assert re.fullmatch(r"\$\{[A-Z_]+(:\?[^}]*|:-)\}", value), f"{name}.{key} = {value!r}"
         url = environment_of(service).get("GPUQ_REDIS_URL")
         if url is not None:
             assert url.startswith("redis://:${REDIS_PASSWORD:?"), f"{name}: {url}"
@@ -159,3 +221,20 @@ def test_the_api_requires_keys_and_never_switches_auth_off(gpu, cpu):
         assert env["GPUQ_API_KEYS"] == SECRETS["GPUQ_API_KEYS"]
         for service in config["services"].values():
             assert "GPUQ_AUTH" not in environment_of(service)
+
+
+def test_webhooks_are_configurable_for_the_api_and_the_workers_and_off_by_default(gpu, cpu):
+    for config in (gpu, cpu):
+        for name in ("api", "worker"):
+            env = environment_of(config["services"][name])
+            assert env["GPUQ_WEBHOOK_SECRET"] == "" and env["GPUQ_URL_ALLOWLIST"] == "", name
+    given = {**SECRETS, "GPUQ_WEBHOOK_SECRET": "whsec-test", "GPUQ_URL_ALLOWLIST": "hooks.internal,10.0.0.0/8"}
+    for files in ((COMPOSE_FILE,), (COMPOSE_FILE, CPU_OVERRIDE)):
+        services = interpolate(load(*files), given)["services"]
+        for name in ("api", "worker"):
+            env = environment_of(services[name])
+            assert env["GPUQ_WEBHOOK_SECRET"] == "whsec-test", name
+            assert env["GPUQ_URL_ALLOWLIST"] == "hooks.internal,10.0.0.0/8", name
+        # Flower and Redis neither check nor send webhooks: the secret stays out of them.
+        assert "GPUQ_WEBHOOK_SECRET" not in environment_of(services["flower"])
+        assert "GPUQ_WEBHOOK_SECRET" not in environment_of(services["redis"])
