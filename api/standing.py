@@ -24,15 +24,16 @@ def standing(redis: Redis, record: JobRecord) -> dict[str, Any]:
     if record.status == QUEUED:
         position = eta.queue_position(redis, queue_for(record.analyzer), record.id)
         average = eta.average_run_seconds(redis, record.analyzer)
-        workers = eta.serving_workers(redis, record.analyzer) if average is not None else 0
-        # No live worker serves the analyzer: the job waits for one to come, which no average foretells.
-        if workers:
-            seconds = eta.estimate_seconds(average, position=position or 0, workers=workers)
+        # No live worker serves the analyzer (free_in is empty): the job waits for one to come,
+        # which no average foretells.
+        free = eta.free_in(redis, record.analyzer) if average is not None else []
+        if free:
+            seconds = eta.queued_seconds(average, position or 0, free)
     elif record.status == RUNNING and record.started_at is not None:
         fraction = (record.progress or {}).get("fraction")
-        seconds = eta.estimate_seconds(eta.average_run_seconds(redis, record.analyzer),
-                                       elapsed=max(0.0, time.time() - record.started_at),
-                                       fraction=fraction if isinstance(fraction, (int, float)) else None)
+        seconds = eta.running_seconds(eta.average_run_seconds(redis, record.analyzer),
+                                      elapsed=max(0.0, time.time() - record.started_at),
+                                      fraction=fraction if isinstance(fraction, (int, float)) else None)
     if seconds is not None:
         seconds = round(seconds, 2)
     return {"queue_position": position, "eta_seconds": seconds,

@@ -142,7 +142,8 @@ class Phase:
 
 def publish_catalog(client: redis_lib.Redis) -> None:
     """What a worker publishes when its models are loaded (gpu_worker/runtime.py), for the API to accept jobs."""
-    catalog.publish_analyzers(client, [cls.spec() for cls in ANALYZERS])
+    # No worker renews them here: published for a day, past any run of the benchmark.
+    catalog.publish_analyzers(client, [cls.spec() for cls in ANALYZERS], ttl=86400)
 
 
 def start_api(redis_url: str, api_key_entry: str, work: Path) -> tuple[Process, str]:

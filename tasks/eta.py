@@ -4,12 +4,14 @@ The place comes from the queue's index (``keys.queued_index``: every push,
 numbered): the jobs numbered from the oldest message still in the list up to
 this job's own number are the ones ahead of it. One small script, one round
 trip, whatever the queue's length. The ETA comes from a moving average of the
-analyzer's measured run times, which workers update as jobs end.
+analyzer's measured run times, which workers update as jobs end, and from
+what is left of the jobs the serving workers run now.
 """
 
 from __future__ import annotations
 
-import math
+import json
+import time
 from functools import lru_cache
 
 from redis import Redis
@@ -18,7 +20,8 @@ from redis.commands.core import Script
 from tasks import catalog, keys
 from tasks.pipelined import Pipelined
 
-__all__ = ["average_run_seconds", "estimate_seconds", "queue_position", "record_run_seconds", "serving_workers"]
+__all__ = ["average_run_seconds", "free_in", "queue_position", "queued_seconds", "record_run_seconds",
+           "running_seconds"]
 
 #: Weight of the newest run in the moving average.
 _ALPHA = 0.2
@@ -75,18 +78,50 @@ def average_run_seconds(redis: Redis, analyzer: str) -> float | None:
     return float(raw) if raw is not None else None
 
 
-def serving_workers(redis: Redis, analyzer: str) -> int:
-    return sum(1 for w in catalog.live_workers(redis) if analyzer in w.get("analyzers", ()))
+def free_in(redis: Redis, analyzer: str) -> list[float]:
+    """Seconds until each live worker serving ``analyzer`` is free, soonest first: 0 for an idle one,
+    else what is left of the jobs it runs (whatever analyzer they are of). Empty when no live worker
+    serves it. Read from the running jobs' records, which say at once who runs them (a heartbeat
+    says it only at its next beat)."""
+    serving = [w["name"] for w in catalog.live_workers(redis) if analyzer in w.get("analyzers", ())]
+    if not serving:
+        return []
+    pipe = redis.pipeline(transaction=False)
+    running = [job_id.decode() for job_id in redis.smembers(keys.RUNNING)]
+    for job_id in running:
+        pipe.hmget(keys.job(job_id), "worker", "analyzer", "started_at", "progress")
+    rows = [row for row in pipe.execute() if row[0] and row[0].decode() in serving and row[2]]
+    averages = dict(zip(*_averages(redis, {row[1] for row in rows if row[1]}), strict=True))
+    left: dict[str, float] = {}
+    for worker, job_analyzer, started_at, progress in rows:
+        fraction = json.loads(progress) if progress else None
+        fraction = fraction.get("fraction") if isinstance(fraction, dict) else None
+        average = averages.get(job_analyzer)
+        estimate = running_seconds(average, elapsed=max(0.0, time.time() - float(started_at)),
+                                   fraction=fraction if isinstance(fraction, (int, float)) else None)
+        # A batch's jobs end together: the worker is free when the longest is done.
+        name = worker.decode()
+        left[name] = max(left.get(name, 0.0), estimate if estimate is not None else average or 0.0)
+    return sorted(left.get(name, 0.0) for name in serving)
 
 
-def estimate_seconds(average: float | None, *, position: int | None = None, workers: int = 1,
-                     elapsed: float | None = None, fraction: float | None = None) -> float | None:
-    """Seconds until the job should end: queued (``position``) or running (``elapsed``, ``fraction``)."""
-    if elapsed is not None:  # running
-        if fraction and fraction > 0:
-            return max(0.0, elapsed * (1 - fraction) / fraction)
-        return None if average is None else max(0.0, average - elapsed)
-    if average is None or position is None:
-        return None
-    # Jobs ahead are shared among the workers; then this job's own run.
-    return average * (math.floor(position / max(1, workers)) + 1)
+def _averages(redis: Redis, analyzers: set[bytes]) -> tuple[list[bytes], list[float | None]]:
+    names = sorted(analyzers)
+    values = redis.hmget(keys.RUN_SECONDS, names) if names else []
+    return names, [float(v) if v is not None else None for v in values]
+
+
+def queued_seconds(average: float, position: int, free: list[float]) -> float:
+    """Seconds until a queued job at ``position`` should end. The jobs ahead go to the workers in turn
+    as they come free (``free``: each one's seconds until then, soonest first); this job starts when
+    its worker has run its earlier turns, of ``average`` each, and then runs for ``average``."""
+    turns, worker = divmod(position, len(free))
+    return free[worker] + turns * average + average
+
+
+def running_seconds(average: float | None, *, elapsed: float, fraction: float | None = None) -> float | None:
+    """Seconds until a running job should end: what its progress ``fraction`` says is left, else the
+    analyzer's average less what it has run."""
+    if fraction and fraction > 0:
+        return max(0.0, elapsed * (1 - fraction) / fraction)
+    return None if average is None else max(0.0, average - elapsed)

@@ -228,6 +228,13 @@ def test_queue_position_and_eta(client: Client) -> None:
     etas = [j.eta_seconds for j in jobs]
     assert all(e is not None and e > 0 for e in etas) and etas[0] < etas[1] < etas[2], etas
     assert jobs[0].eta is not None
+    # Once the blocker's progress says how long it runs (3 s, far over the average), the first in line
+    # waits for what is left of it, then runs.
+    while not (client.get(blocker.id).progress or {}).get("fraction"):
+        assert time.monotonic() < deadline + 5
+        time.sleep(0.05)
+    left = client.get(blocker.id).eta_seconds
+    assert left > 1 and client.get(waiting[0].id).eta_seconds >= left, (left, etas)
     for j in waiting:
         finished = client.wait(j.id, timeout=30)
         assert finished.queue_position is None and finished.eta_seconds is None
