@@ -4,17 +4,21 @@ The URL is judged by ``tasks.url_safety``, the same parser and checks the
 dispatcher applies when it calls, so a URL the API accepts is one the
 dispatcher reads the same way (no backslashes, control characters,
 whitespace or credentials; http(s) only) and an address it refuses is refused
-here already.
+here already. A host that does not resolve is refused too, with a code of its
+own (``unresolvable_host``): the dispatcher would retry it, but a job should
+not be accepted with a webhook that may never reach anyone. When DNS says
+only "try again" (``EAI_AGAIN``), the answer is a ``503`` instead: the URL
+may be fine.
 """
 
 from __future__ import annotations
 
 from flask import Request
 
-from api.errors import UnprocessableEntity
+from api.errors import ServiceUnavailable, UnprocessableEntity
 from api.form import submitted_form
 from tasks.settings import Settings
-from tasks.url_safety import UnsafeUrl, check_url
+from tasks.url_safety import UnresolvableHost, UnsafeUrl, check_url
 
 __all__ = ["check_webhook_url", "webhook_from_request"]
 
@@ -29,6 +33,9 @@ def check_webhook_url(url: object, settings: Settings) -> str:
     try:
         check_url(url, settings.outbound_allowlist())
     except UnsafeUrl as error:
+        if isinstance(error, UnresolvableHost) and error.temporary:
+            raise ServiceUnavailable(f"webhook not checked: {error} (a temporary DNS failure); try again",
+                                     field="webhook") from None
         raise UnprocessableEntity(f"webhook refused: {error}", field="webhook", code=error.code) from None
     return url
 

@@ -14,13 +14,19 @@ queued just before; and that again with one sender thread, the shape of the
 dispatcher before it had lanes and a pool. The figure to quote is the
 median delay beside the slow receiver over the median alone.
 
-    python -m bench.webhook_isolation [--slow-seconds 10] [--slow-jobs 6] [--jobs 5]
+Then a retry storm: ``--dead`` (20) receivers that accept connections and
+never answer each have a retry due when a job of the prompt receiver ends;
+the delay of its event is measured the same way (its first attempt should
+not wait behind the retries).
+
+    python -m bench.webhook_isolation [--slow-seconds 10] [--slow-jobs 6] [--jobs 5] [--dead 20]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import socket
 import ssl
 import statistics
 import tempfile
@@ -39,7 +45,7 @@ from tasks import keys
 from tasks.jobs import RUNNING, SUCCEEDED, JobStore, encode_fields
 from tasks.settings import Settings
 
-__all__ = ["Arrival", "Receiver", "IsolationRun", "end_job", "run_scenario"]
+__all__ = ["Arrival", "Hanging", "Receiver", "IsolationRun", "end_job", "run_beside_retries", "run_scenario"]
 
 SECRET = "bench-secret"
 
@@ -114,6 +120,17 @@ class Receiver:
         self.close()
 
 
+class Hanging:
+    """A receiver that never answers: connections are accepted (by the kernel) and requests never read."""
+
+    def __init__(self, host: str = "127.0.0.1"):
+        self.listener = socket.create_server((host, 0), backlog=64)
+        self.url = f"http://{host}:{self.listener.getsockname()[1]}/hook"
+
+    def close(self) -> None:
+        self.listener.close()
+
+
 def end_job(redis: redis_lib.Redis, webhook: str, statuses: tuple[str, ...] = (SUCCEEDED,)) -> tuple[str, float]:
     """A job's record written as ended and its events pushed on the outbox, as the transition scripts do."""
     job_id = f"j{uuid.uuid4().hex}"
@@ -170,6 +187,36 @@ def run_scenario(redis_url: str, *, slow_jobs: int, slow_seconds: float, jobs: i
         redis.close()
 
 
+def run_beside_retries(redis_url: str, *, dead: int, read_timeout: float, senders: int = 16,
+                       timeout: float = 120.0) -> float:
+    """Seconds from a prompt receiver's job's end to its event's arrival, while ``dead`` receivers that
+    never answer each have a retry due."""
+    redis = redis_lib.Redis.from_url(redis_url)
+    settings = Settings(redis_url=redis_url, webhook_secret=SECRET, url_allowlist="127.0.0.1",
+                        webhook_senders=senders, webhook_connect_timeout=1.0, webhook_read_timeout=read_timeout)
+    store = JobStore(redis, result_ttl=600, tombstone_ttl=600, input_ttl=600)
+    name = f"bench-{uuid.uuid4().hex[:8]}"
+    dispatcher = WebhookDispatcher(store, settings, name=name)
+    hanging = [Hanging() for _ in range(dead)]
+    prompt = Receiver()
+    try:
+        redis.delete(keys.WEBHOOK_OUTBOX, keys.WEBHOOK_RETRIES)
+        due = time.time() - 1
+        redis.zadd(keys.WEBHOOK_RETRIES, {json.dumps({
+            "delivery": str(uuid.uuid4()), "job_id": f"j{uuid.uuid4().hex}", "event": "completed",
+            "url": receiver.url, "body": "{}", "attempt": 2}): due for receiver in hanging})
+        job_id, ended = end_job(redis, prompt.url)
+        dispatcher.start()
+        return _wait_until(lambda: prompt.arrival(job_id, "completed"), timeout) - ended
+    finally:
+        prompt.close()
+        for receiver in hanging:
+            receiver.close()
+        dispatcher.stop()
+        redis.delete(keys.webhook_inflight(name), keys.WEBHOOK_RETRIES)
+        redis.close()
+
+
 def _wait_until(check, timeout: float):
     deadline = time.monotonic() + timeout
     while not (value := check()):
@@ -184,6 +231,7 @@ def main() -> None:
     parser.add_argument("--slow-seconds", type=float, default=10.0)
     parser.add_argument("--slow-jobs", type=int, default=6)
     parser.add_argument("--jobs", type=int, default=5, help="prompt receiver's jobs per scenario")
+    parser.add_argument("--dead", type=int, default=20, help="receivers that never answer, a retry due to each")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as directory:
         server = RedisServer(Path(directory), appendonly=False).start()
@@ -193,6 +241,7 @@ def main() -> None:
                                   jobs=args.jobs)
             one_sender = run_scenario(server.url, slow_jobs=args.slow_jobs, slow_seconds=args.slow_seconds,
                                       jobs=args.jobs, senders=1, per_destination=1)
+            storm = run_beside_retries(server.url, dead=args.dead, read_timeout=args.slow_seconds)
         finally:
             server.stop()
     print(f"completed-event delay at the prompt receiver, {args.jobs} jobs each "
@@ -202,6 +251,8 @@ def main() -> None:
         print(f"  {name:30s} median {run.median * 1000:8.1f} ms   max {max(run.delays) * 1000:8.1f} ms   "
               f"slow receiver's most concurrent requests: {run.slow_most_concurrent}")
     print(f"beside / alone (medians): {beside.median / alone.median:.2f}")
+    print(f"a first attempt while {args.dead} receivers that never answer have a retry due: "
+          f"arrived {storm * 1000:.1f} ms after its job ended")
 
 
 if __name__ == "__main__":

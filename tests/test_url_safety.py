@@ -6,7 +6,15 @@ import ipaddress
 
 import pytest
 
-from tasks.url_safety import Allowlist, InvalidUrl, UnsafeUrl, check_url, parse_web_url
+from tasks.url_safety import (
+    Allowlist,
+    InvalidUrl,
+    UnresolvableHost,
+    UnsafeUrl,
+    check_url,
+    is_public_address,
+    parse_web_url,
+)
 
 
 def resolver(table):
@@ -87,9 +95,45 @@ def test_allowlist_by_host_address_or_network():
         Allowlist.parse("not a host!")
 
 
-def test_unresolvable_host_is_refused_with_the_real_resolver():
-    with pytest.raises(UnsafeUrl):
-        check_url("http://no-such-host.invalid/")
+@pytest.mark.parametrize("address", [
+    # is_global says yes to these on some Python patch releases (3.11.7: fec0::/10 and 2002::/16).
+    "fec0::1", "2002:7f00:1::1", "2002:a9fe:a9fe::1", "64:ff9b::7f00:1", "64:ff9b:1::1", "::127.0.0.1",
+    "2001::7f00:1", "2001:db8::1", "100::1", "3fff::1", "5f00::1", "fc00::1", "fe80::1", "ff02::1",
+    "100.64.0.1", "192.0.0.9", "192.0.0.170", "192.0.2.1", "192.88.99.1", "198.18.0.1", "198.51.100.1",
+    "203.0.113.1", "0.1.2.3", "255.255.255.255", "::ffff:192.0.0.9",
+])
+def test_ranges_that_are_not_public_whatever_the_python_version(address):
+    assert not is_public_address(ipaddress.ip_address(address))
+    with pytest.raises(UnsafeUrl, match="not a public address"):
+        check_url(f"http://[{address}]/" if ":" in address else f"http://{address}/")
+
+
+@pytest.mark.parametrize("address", ["93.184.216.34", "8.8.8.8", "2606:4700::1111", "2001:4860:4860::8888"])
+def test_public_addresses_are_public(address):
+    assert is_public_address(ipaddress.ip_address(address))
+
+
+@pytest.mark.parametrize("url", ["http://2130706433/", "http://0x7f.1/", "http://0177.0.0.1/", "http://127.1/",
+                                 "http://0/", "http://0x7f000001/"])
+def test_numeric_forms_of_internal_addresses_are_refused_with_the_real_resolver(url):
+    # Not literals to ipaddress, but the system resolver reads them as 127.0.0.1 (or 0.0.0.0), as would
+    # any client that connects by name.
+    with pytest.raises(UnsafeUrl, match="not a public address"):
+        check_url(url)
+
+
+def test_a_percent_in_the_host_is_refused_saying_so():
+    for url in ("http://[fe80::1%25eth0]/", "http://hooks%2eexample.com/"):
+        with pytest.raises(UnsafeUrl, match="may not contain '%'"):
+            parse_web_url(url)
+
+
+def test_a_host_that_does_not_resolve_is_unresolvable_not_unsafe():
+    with pytest.raises(UnresolvableHost) as unresolvable:
+        check_url("http://no-such-host.invalid/")  # the real resolver
+    assert unresolvable.value.code == "unresolvable_host" and "does not resolve" in str(unresolvable.value)
+    with pytest.raises(UnresolvableHost, match="has no address"):
+        check_url("http://empty.example.com/", resolve=PUBLIC)  # a resolver that answers nothing
     with pytest.raises(UnsafeUrl, match="not a public address"):
         check_url("http://localhost:8000/")  # the real resolver: loopback
 
