@@ -20,6 +20,10 @@ its result discarded. Every write carries the run's fencing token
 (``tasks.lifecycle``): a run whose job was given to another (it was paused,
 or cut off from Redis, past its lease) has its writes refused and logged,
 and stops at its next progress report.
+
+Celery sends the lead's task events (for Flower); the runner sends its
+members' (``gpu_worker.member_events``): received and started when claimed,
+succeeded, failed or revoked once their end is written.
 """
 
 from __future__ import annotations
@@ -40,7 +44,8 @@ from gpu_worker.analyzer import Analyzer, AnalyzerError, Item, OutOfMemory
 from gpu_worker.claims import Claimer
 from gpu_worker.isolation import predict_isolating
 from gpu_worker.job_metrics import observe_ended, record_run_seconds
-from gpu_worker.joblock import JobLock, batch_member, owner_of
+from gpu_worker.joblock import JobLock, batch_member, is_batch_member, owner_of
+from gpu_worker.member_events import MemberEvents
 from gpu_worker.progress import LeaseLost, ProgressWriter
 from gpu_worker.results import encode_result, result_key, result_ttl
 from tasks import logs, strict_json
@@ -128,6 +133,8 @@ class _BatchEnd:
     waiting: int
     #: Seconds the batch's ``predict`` took.
     predict_seconds: float
+    #: What each job's end write found (job id -> reply).
+    written: dict[str, FencedReply]
 
 
 @dataclass(frozen=True)
@@ -180,6 +187,8 @@ class JobRunner:
         self._claim_seconds = 0.0
         self.claimer = Claimer(store, lock_ttl=lock.ttl)
         self.lifecycle = store.lifecycle
+        #: Flower's task events of the jobs taken as batch members (Celery sends the lead's).
+        self.member_events = MemberEvents(backend.app, hostname=worker)
         #: The jobs the last ``run`` took on (the lead first), and those of them it observed for
         #: the metrics itself; the runtime records the others from their records.
         self.handled: list[str] = []
@@ -381,8 +390,11 @@ class JobRunner:
                                        running_fields=self._running_fields(started))
         if gathered.dropped:
             log.info("dropped the messages of %d jobs no longer queued", len(gathered.dropped))
-        return [_Claimed(record, holder, started, data)
-                for record, data in zip(gathered.records, gathered.inputs, strict=True)]
+        claimed = [_Claimed(record, holder, started, data)
+                   for record, data in zip(gathered.records, gathered.inputs, strict=True)]
+        for member in claimed:
+            self.member_events.claimed(member.job_id, member.record.analyzer)
+        return claimed
 
     def _run_batch(self, analyzer: Analyzer, batch: list[_Claimed]) -> _BatchEnd:
         """Run ``batch`` and record every job's end."""
@@ -424,6 +436,7 @@ class JobRunner:
         """Encode the results and record every job's end."""
         endings = ran.endings
         results: dict[str, bytes | str] = {}  # job id -> result encoded as the backend stores it
+        returned: dict[str, Any] = {}  # job id -> what the analyzer returned, for Flower
         for (claimed, _), output in zip(ran.ready, ran.outputs, strict=True):
             if not isinstance(output, BaseException):
                 try:  # fail here, clearly, rather than in the result backend
@@ -438,6 +451,7 @@ class JobRunner:
                 endings[claimed.job_id] = _failure(code, message)
                 continue
             results[claimed.job_id] = encoded
+            returned[claimed.job_id] = output
             endings[claimed.job_id] = (SUCCEEDED, {
                 "error": None,
                 "timings": {"queued_ms": round((claimed.started_at - claimed.record.created_at) * 1000, 1),
@@ -445,7 +459,9 @@ class JobRunner:
                 "progress": {"fraction": 1.0, "stage": "done"},
                 "provenance": analyzer.provenance(),
             })
-        return self._end_batch(analyzer, batch, endings, results, ran.seconds, len(ran.ready))
+        end = self._end_batch(analyzer, batch, endings, results, ran.seconds, len(ran.ready))
+        self._report_member_ends(batch, endings, returned, end.written)
+        return end
 
     def _end_batch(self, analyzer: Analyzer, batch: list[_Claimed], endings: dict[str, tuple[str, dict[str, Any]]],
                    results: dict[str, Any], run_seconds: float, ran: int) -> _BatchEnd:
@@ -482,8 +498,26 @@ class JobRunner:
         status, fields = endings[first.job_id]
         failure = None
         if status == FAILED and written[first.job_id].status == FAILED:
-            failure = f"{fields['error']['code']}: {fields['error']['message']}"
-        return _BatchEnd(failure=failure, waiting=waiting, predict_seconds=run_seconds)
+            failure = _failure_text(fields)
+        return _BatchEnd(failure=failure, waiting=waiting, predict_seconds=run_seconds, written=written)
+
+    def _report_member_ends(self, batch: list[_Claimed], endings: dict[str, tuple[str, dict[str, Any]]],
+                            returned: dict[str, Any], written: dict[str, FencedReply]) -> None:
+        """Each member's last task event, as its end was written; Celery reports the lead's from its return.
+
+        An end refused sends none: the job is another run's now, and that run reports it."""
+        now = time.time()
+        for claimed in batch:
+            end = written[claimed.job_id]
+            if not (end.written and is_batch_member(claimed.holder)):
+                continue
+            job_id = claimed.job_id
+            if end.status == SUCCEEDED:
+                self.member_events.succeeded(job_id, returned.get(job_id), runtime=now - claimed.started_at)
+            elif end.status == FAILED:
+                self.member_events.failed(job_id, JobFailed(_failure_text(endings[job_id][1])))
+            else:  # canceled while its batch ran
+                self.member_events.revoked(job_id)
 
     @staticmethod
     def _report_refused(claimed: _Claimed, end: FencedReply) -> None:
@@ -512,6 +546,11 @@ class JobRunner:
 
 def _failure(code: str, message: str) -> tuple[str, dict[str, Any]]:
     return FAILED, {"error": {"code": code, "message": message}}
+
+
+def _failure_text(fields: dict[str, Any]) -> str:
+    """A failed job's error as its task's failure reads in Flower: ``code: message``."""
+    return f"{fields['error']['code']}: {fields['error']['message']}"
 
 
 def _classify(error: BaseException) -> tuple[str, str]:
