@@ -27,7 +27,6 @@ from typing import Any
 
 from celery import Celery, signals
 from celery.app.task import Task
-from celery.utils.saferepr import saferepr
 from kombu.utils.encoding import safe_repr
 
 from tasks.app import task_label
@@ -144,8 +143,8 @@ class MemberEvents:
         (``gpu_worker.claims``), and ``tasks.publish`` writes every message with no parent:
         hence no retries, ETA or expiry, and the job as its own root.
         """
-        return {**_job_fields(job_id, at), "name": task_label(analyzer),
-                "args": saferepr([job_id], self.app.amqp.argsrepr_maxsize), "kwargs": saferepr({}),
+        # A job's only argument is its id: the repr Celery's saferepr would make, without its cost.
+        return {**_job_fields(job_id, at), "name": task_label(analyzer), "args": repr([job_id]), "kwargs": "{}",
                 "root_id": job_id, "parent_id": None, "retries": 0, "eta": None, "expires": None}
 
 
@@ -154,8 +153,14 @@ def _job_fields(job_id: str, at: float) -> dict[str, Any]:
 
 
 def _succeeded_fields(job_id: str, at: float, result: Any, runtime: float) -> dict[str, Any]:
-    # Summarized as Celery summarizes a task's return value.
-    return {**_job_fields(job_id, at), "result": saferepr(result, Task.resultrepr_maxsize), "runtime": runtime}
+    # Cut to the length Celery cuts a task's return value to. The built-in repr, not Celery's saferepr:
+    # a result is JSON (no recursion, nothing to guard against), and saferepr's pure-Python walk took
+    # a drain of no-op jobs from 0.82 to 0.66 of its rate without member events (bench/drain.py).
+    return {**_job_fields(job_id, at), "result": _cut(repr(result), Task.resultrepr_maxsize), "runtime": runtime}
+
+
+def _cut(text: str, most: int) -> str:
+    return text if len(text) <= most else text[:most - 3] + "..."
 
 
 def _failed_fields(job_id: str, at: float, exception: BaseException) -> dict[str, Any]:
