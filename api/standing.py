@@ -30,10 +30,9 @@ def standing(redis: Redis, record: JobRecord) -> dict[str, Any]:
         if free:
             seconds = eta.queued_seconds(average, position or 0, free)
     elif record.status == RUNNING and record.started_at is not None:
-        fraction = (record.progress or {}).get("fraction")
         seconds = eta.running_seconds(eta.average_run_seconds(redis, record.analyzer),
                                       elapsed=max(0.0, time.time() - record.started_at),
-                                      fraction=fraction if isinstance(fraction, (int, float)) else None)
+                                      fraction=eta.fraction_of(record.progress))
     if seconds is not None:
         seconds = round(seconds, 2)
     return {"queue_position": position, "eta_seconds": seconds,

@@ -63,7 +63,7 @@ from tasks import catalog  # noqa: E402
 from tasks.app import queue_for  # noqa: E402
 from tests.stack import ROOT, Process, base_env, wait_until_serving  # noqa: E402
 
-#: The submit path's targets (issue 9): ratios to the ceiling, p99 of (b) in ms, worker memory in MB.
+#: The submit path's targets: ratios to the ceiling, p99 of (b) in ms, worker memory in MB.
 TARGET_B_RATIO = 0.75
 TARGET_C_RATIO = 0.6
 TARGET_B_P99_MS = 25.0

@@ -17,7 +17,7 @@ queued no-op jobs one worker drains per second. On a CPU the model (the raw
 loop and the workers' model processes) runs on a core of its own, the rest on
 the others (``bench/core_layout.py``; ``--shared-cores`` to share them all). Items are
 images, frames or texts, the same unit in (a), (b) and (c). It ends with
-each of the issue's targets, met or not, or not measurable in this run.
+each of the targets, met or not, or not measurable in this run.
 
 It starts and stops its own Redis (a free port), API and workers, and
 nothing else.

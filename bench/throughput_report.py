@@ -1,4 +1,4 @@
-"""The final table of bench/throughput.py and its verdict on each of the issue's targets."""
+"""The final table of bench/throughput.py and its verdict on each of the targets."""
 
 from __future__ import annotations
 
@@ -189,7 +189,7 @@ def print_report(results: Results) -> None:
 
 
 def _rows(results: Results) -> list[tuple[str, str, list[str]]]:
-    """(label, figure, detail lines) for each measured figure, in the order of the issue."""
+    """(label, figure, detail lines) for each measured figure, in the order of the targets."""
     unit = results.workload.unit
     rows: list[tuple[str, str, list[str]]] = []
     if results.raw:

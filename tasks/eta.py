@@ -10,9 +10,11 @@ what is left of the jobs the serving workers run now.
 
 from __future__ import annotations
 
+import heapq
 import json
 import time
 from functools import lru_cache
+from typing import Any
 
 from redis import Redis
 from redis.commands.core import Script
@@ -20,11 +22,13 @@ from redis.commands.core import Script
 from tasks import catalog, keys
 from tasks.pipelined import Pipelined
 
-__all__ = ["average_run_seconds", "free_in", "queue_position", "queued_seconds", "record_run_seconds",
+__all__ = ["average_run_seconds", "fraction_of", "free_in", "queue_position", "queued_seconds", "record_run_seconds",
            "running_seconds"]
 
 #: Weight of the newest run in the moving average.
 _ALPHA = 0.2
+#: The deepest position worked out job by job (a few milliseconds); deeper ones are estimated.
+_SIMULATED_POSITIONS = 10_000
 
 # KEYS: queue list, queue index. ARGV: job id. Returns the jobs ahead, or -1 when the job is not indexed.
 _POSITION = """
@@ -94,11 +98,9 @@ def free_in(redis: Redis, analyzer: str) -> list[float]:
     averages = dict(zip(*_averages(redis, {row[1] for row in rows if row[1]}), strict=True))
     left: dict[str, float] = {}
     for worker, job_analyzer, started_at, progress in rows:
-        fraction = json.loads(progress) if progress else None
-        fraction = fraction.get("fraction") if isinstance(fraction, dict) else None
         average = averages.get(job_analyzer)
         estimate = running_seconds(average, elapsed=max(0.0, time.time() - float(started_at)),
-                                   fraction=fraction if isinstance(fraction, (int, float)) else None)
+                                   fraction=fraction_of(json.loads(progress) if progress else None))
         # A batch's jobs end together: the worker is free when the longest is done.
         name = worker.decode()
         left[name] = max(left.get(name, 0.0), estimate if estimate is not None else average or 0.0)
@@ -112,11 +114,24 @@ def _averages(redis: Redis, analyzers: set[bytes]) -> tuple[list[bytes], list[fl
 
 
 def queued_seconds(average: float, position: int, free: list[float]) -> float:
-    """Seconds until a queued job at ``position`` should end. The jobs ahead go to the workers in turn
-    as they come free (``free``: each one's seconds until then, soonest first); this job starts when
-    its worker has run its earlier turns, of ``average`` each, and then runs for ``average``."""
-    turns, worker = divmod(position, len(free))
-    return free[worker] + turns * average + average
+    """Seconds until a queued job at ``position`` should end. The jobs ahead, then this one, go each
+    to the worker that comes free soonest (``free``: each worker's seconds until then) and take it
+    ``average`` seconds; a worker busy with a long job takes none meanwhile. Past
+    ``_SIMULATED_POSITIONS`` jobs ahead the queue is taken to drain at one job per worker per
+    average from the soonest free worker on."""
+    if position > _SIMULATED_POSITIONS:
+        return min(free) + average * (position // len(free) + 1)
+    workers = list(free)
+    heapq.heapify(workers)
+    for _ in range(position):
+        heapq.heapreplace(workers, workers[0] + average)
+    return workers[0] + average
+
+
+def fraction_of(progress: Any) -> float | None:
+    """The fraction done that a job's progress reports, if it reports one."""
+    fraction = progress.get("fraction") if isinstance(progress, dict) else None
+    return fraction if isinstance(fraction, (int, float)) and not isinstance(fraction, bool) else None
 
 
 def running_seconds(average: float | None, *, elapsed: float, fraction: float | None = None) -> float | None:

@@ -155,7 +155,7 @@ def _wait_for_flower_tasks(flower: str, states: dict[str, str], timeout: float =
 
 def test_flower_shows_each_job_of_a_gpuq_batch_once_batch_members_and_failures_included(
         compose_stack, browser, finished_job, tmp_path):
-    """The issue's run: ``gpuq batch`` of 50 files, 3 of them bad, shows as 47 successes and 3 failures."""
+    """A ``gpuq batch`` of 50 files, 3 of them bad, shows as 47 successes and 3 failures, each job once."""
     flower, api = compose_stack.url("flower", 5555), compose_stack.url("api", 8000)
     worker = finished_job["worker"]
     before = _worker_counts(flower, worker)

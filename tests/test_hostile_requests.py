@@ -19,7 +19,7 @@ from tests.stack import Stack, wait_until
 
 TENANTS = ("alice", "bob", "carol")
 HEADERS = {tenant: {"Authorization": f"Bearer key-of-{tenant}"} for tenant in TENANTS}
-#: What the API process may hold at its peak after the oversized bodies (the issue's target).
+#: What the API process may hold at its peak after the oversized bodies: a few times its idle size.
 RSS_CEILING_MB = 150
 
 
