@@ -8,7 +8,7 @@
 Errors are typed (``gpuq.client_errors``, one class per error code). Answers
 ``429`` (queue full) and ``503`` (Redis away) and connection failures are retried
 with exponential backoff, honouring ``Retry-After`` (a refused connection too,
-unless ``retry_refused=False``); a submission carries an
+unless ``retry_refused=False`` and the API was never reached); a submission carries an
 ``Idempotency-Key`` (made up when not given), so a retried one never makes two jobs:
 not after a ``503 outcome_unknown`` either (the API could not tell whether the
 job was written), which, once the retries are spent, raises ``OutcomeUnknown``
@@ -127,8 +127,10 @@ class Event:
 
 class Client:
     """A client of one API. ``retry_refused=False`` raises ``ConnectionFailed`` at once when nothing
-    listens at ``url`` (or its host name is unknown) instead of retrying; ``on_retry(error, seconds)`` is
-    told of each retry before its wait, to show it."""
+    listens at ``url`` (or its host name is unknown) instead of retrying, until the API is first reached
+    (it answered, or accepted a connection that then broke): after that, a refused connection is the API
+    restarting, and retried like any other failure, so an hour-long wait or batch outlives it.
+    ``on_retry(error, seconds)`` is told of each retry before its wait, to show it."""
 
     def __init__(self, url: str, api_key: str | None = None, *, timeout: float = 30.0, max_retries: int = 5,
                  backoff: float = 0.5, max_backoff: float = 30.0, retry_refused: bool = True,
@@ -141,6 +143,7 @@ class Client:
         self.max_backoff = max_backoff
         self.retry_refused = retry_refused
         self.on_retry = on_retry
+        self._api_reached = False  # whether any request got a connection: then something listens at url
         self._local = threading.local()  # a session per thread: map() calls from many
 
     # -- calls ------------------------------------------------------------------
@@ -299,10 +302,13 @@ class Client:
                                                    timeout=timeout or self.timeout, **kwargs)
             except (requests.ConnectionError, requests.Timeout) as error:
                 failed = self._connection_failed(error)
-                if last or (failed.refused and not self.retry_refused):
+                if connection_failures.was_connected(error):
+                    self._api_reached = True
+                if last or (failed.refused and not self.retry_refused and not self._api_reached):
                     raise failed from error
                 self._retry_after_wait(failed, delay, sleep)
                 continue
+            self._api_reached = True
             if response.status_code < 400:
                 return response
             retry_after = _retry_after(response.headers.get("Retry-After"))

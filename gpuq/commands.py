@@ -2,8 +2,10 @@
 
 Human output by default, ``--json`` for scripts; progress bars go to stderr.
 Exit codes (``EXIT_*``) let scripts tell a failed job from a refused request
-from an API that cannot be reached. A refused connection is not retried: nothing
-listens there, and a person is better told so at once than after 16 s of backoff.
+from an API that cannot be reached. A refused connection is not retried before the
+API is first reached: nothing listens there, and a person is better told so at once
+than after 16 s of backoff. Once it has been, a refusal is the API restarting,
+and retried (each retry said on stderr), so a long wait or batch outlives it.
 """
 
 from __future__ import annotations

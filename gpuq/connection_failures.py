@@ -11,8 +11,13 @@ import socket
 from collections.abc import Iterator
 
 import requests
+import urllib3
 
-__all__ = ["describe"]
+__all__ = ["describe", "was_connected"]
+
+# The resolver's answers that a host name does not exist, which a retry within seconds will not change;
+# any other (EAI_AGAIN: the DNS server did not answer in time) is temporary.
+_UNKNOWN_HOST = frozenset(getattr(socket, name) for name in ("EAI_NONAME", "EAI_NODATA") if hasattr(socket, name))
 
 
 def describe(error: BaseException) -> tuple[str, bool]:
@@ -21,8 +26,11 @@ def describe(error: BaseException) -> tuple[str, bool]:
     causes = list(_causes(error))
     if any(isinstance(cause, ConnectionRefusedError) for cause in causes):
         return "connection refused", True
-    if any(isinstance(cause, socket.gaierror) for cause in causes):
+    lookups = [cause for cause in causes if isinstance(cause, socket.gaierror)]
+    if any(lookup.errno in _UNKNOWN_HOST for lookup in lookups):
         return "host name not found", True
+    if lookups:
+        return "host name lookup failed for now", False
     if isinstance(error, requests.ConnectTimeout):
         return "no connection within the timeout", False
     if isinstance(error, requests.Timeout):
@@ -30,6 +38,15 @@ def describe(error: BaseException) -> tuple[str, bool]:
     if any(isinstance(cause, ConnectionResetError) for cause in causes):
         return "connection reset", False
     return "connection closed or broken", False
+
+
+def was_connected(error: BaseException) -> bool:
+    """Whether the failed request had got a connection before it failed (a reset, a closed connection, no
+    answer in time): then something listened at the address. urllib3 raises its ``ConnectTimeoutError``
+    (``NewConnectionError`` is one) for every failure to connect."""
+    if isinstance(error, requests.ConnectTimeout):
+        return False
+    return not any(isinstance(cause, urllib3.exceptions.ConnectTimeoutError) for cause in _causes(error))
 
 
 def _causes(error: BaseException) -> Iterator[BaseException]:

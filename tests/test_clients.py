@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -38,7 +40,7 @@ from gpuq.client_errors import (
 )
 from gpuq.redis_server import free_port
 from tasks import webhooks
-from tests.stack import ROOT, Stack
+from tests.stack import ROOT, Process, Stack, wait_until_serving
 
 sys.path.insert(0, str(ROOT / "scripts"))
 from train_digits import heldout_split  # noqa: E402
@@ -505,9 +507,9 @@ def test_map_yields_rejected_inputs_and_raises_what_every_input_would_meet(clien
     assert jobs[3].error["code"] == "unreadable_file" and "missing.png" in jobs[3].error["message"]
     with pytest.raises(JobFailed, match="input rejected: invalid_field file is empty"):
         jobs[1].raise_for_status()
-    # A JSON input the analyzer refuses is the input's too.
-    refused = dict(client.map("simulate", [{"fine": True}], params={"seconds": 0}))
-    assert refused[0].succeeded
+    # A JSON input the analyzer takes makes a job like any other.
+    accepted = dict(client.map("simulate", [{"fine": True}], params={"seconds": 0}))
+    assert accepted[0].succeeded
     assert dict(client.map("digits", [{"not": "a file"}]))[0].error["field"] == "input"
     # What would refuse every input stops the map.
     with pytest.raises(UnknownAnalyzer):
@@ -579,3 +581,32 @@ def test_cli_shows_each_retry_of_a_broken_connection() -> None:
         cli.kill()
         cli.wait()
         listener.close()
+
+
+def test_cli_wait_outlives_an_api_restart(stack) -> None:
+    """Refused connections fail fast only before the API's first answer: a wait that has begun rides out
+    an API that crashes and comes back on its port, saying each retry."""
+    job_id = requests.post(f"{stack.url}/v1/jobs", json={"analyzer": "simulate", "input": None,
+                                                        "params": {"seconds": 6}}, timeout=10).json()["id"]
+    cli = subprocess.Popen([sys.executable, "-m", "gpuq.cli", "wait", job_id, "--json", "--url", stack.url],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=stack.env)
+    try:
+        time.sleep(1.5)  # its long-poll is in flight
+        os.killpg(stack.api_process.pid, signal.SIGKILL)  # a crash: no graceful end for the long-poll
+        stack.api_process.popen.wait()
+        time.sleep(1.5)  # long enough for the wait's retries to meet a refused connection
+        assert cli.poll() is None, cli.communicate()
+        port = stack.url.rsplit(":", 1)[1]
+        stack.api_process = Process([sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py")],
+                                    {**stack.env, "GPUQ_API_PORT": port, "GPUQ_API_WORKERS": "1",
+                                     "GPUQ_API_ACCESS_LOG": "", "GPUQ_API_HOST": "127.0.0.1"},
+                                    stack.directory / f"api-{port}-restarted.log")
+        wait_until_serving(stack.api_process, stack.url)
+        out, err = cli.communicate(timeout=60)
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+            cli.wait()
+    assert cli.returncode == 0, err
+    assert json.loads(out)["status"] == "succeeded"
+    assert "connection refused" in err and "trying again in" in err, err
