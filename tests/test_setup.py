@@ -20,11 +20,14 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 
-NO_GPU = '#!/bin/sh\necho "NVIDIA-SMI has failed: no NVIDIA driver" >&2\nexit 9\n'
+# nvidia-smi prints its failures on stdout, not stderr: output alone does not mean a GPU.
+NO_GPU = ('#!/bin/sh\necho "NVIDIA-SMI has failed because it couldn\'t communicate with the NVIDIA driver."\n'
+          'exit 9\n')
+NO_DEVICE = '#!/bin/sh\necho "No devices were found"\nexit 6\n'
 ONE_GPU = '#!/bin/sh\necho "GPU 0: NVIDIA H200 (UUID: GPU-00000000-0000-0000-0000-000000000000)"\n'
 
 
-def _torch_install_lines(tmp_path: Path, nvidia_smi: str, *make_args: str) -> list[str]:
+def _make_n(tmp_path: Path, nvidia_smi: str, *make_args: str) -> subprocess.CompletedProcess:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
     fake = bin_dir / "nvidia-smi"
@@ -33,8 +36,12 @@ def _torch_install_lines(tmp_path: Path, nvidia_smi: str, *make_args: str) -> li
     env = {k: v for k, v in os.environ.items() if k not in ("TORCH", "TORCH_SPEC", "TORCH_VERSION", "MAKEFLAGS")}
     env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
     # A virtualenv that does not exist yet: make has the whole install to print.
-    done = subprocess.run(["make", "-n", "install", f"VENV={tmp_path / 'venv'}", *make_args], cwd=ROOT, env=env,
+    return subprocess.run(["make", "-n", f"VENV={tmp_path / 'venv'}", *make_args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=60)
+
+
+def _torch_install_lines(tmp_path: Path, nvidia_smi: str, *make_args: str) -> list[str]:
+    done = _make_n(tmp_path, nvidia_smi, "install", *make_args)
     assert done.returncode == 0, done.stderr
     return [line for line in done.stdout.splitlines() if "pip install" in line and "torch" in line]
 
@@ -53,6 +60,26 @@ def test_without_a_gpu_the_install_takes_only_a_cpu_build(tmp_path):
     # Then PyTorch's CPU index in place of PyPI, whose Linux wheel is the CUDA build.
     assert f'"torch=={version}"' in attempts[1] and f"--index-url {CPU_INDEX}" in attempts[1]
     assert "--extra-index-url" not in line
+
+
+def test_no_device_found_is_no_gpu(tmp_path):
+    [line] = _torch_install_lines(tmp_path, NO_DEVICE)
+    assert f"--index-url {CPU_INDEX}" in line
+
+
+def test_only_the_install_asks_nvidia_smi(tmp_path):
+    asked = tmp_path / "asked"
+    counting = f'#!/bin/sh\necho x >> {asked}\necho "GPU 0: NVIDIA H200"\n'
+    assert _make_n(tmp_path, counting, "clean").returncode == 0
+    assert not asked.exists()
+    _torch_install_lines(tmp_path, counting)
+    assert asked.read_text() == "x\n"  # once, however often the recipe names the build
+
+
+def test_an_unknown_build_is_refused_clearly(tmp_path):
+    done = _make_n(tmp_path, ONE_GPU, "install", "TORCH=rocm")
+    assert done.returncode != 0
+    assert 'TORCH is "rocm": give TORCH=cpu or TORCH=cuda' in done.stderr, done.stderr
 
 
 def test_with_a_gpu_the_install_takes_pypis_cuda_build(tmp_path):
