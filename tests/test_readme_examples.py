@@ -17,6 +17,7 @@ import os
 import re
 import subprocess
 import sys
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +26,8 @@ import pytest
 from tests.stack import ROOT, Stack
 
 README = ROOT / "README.md"
-_FENCE = re.compile(r"^```(\w+)([^\n]*)\n(.*?)^```$", re.MULTILINE | re.DOTALL)
+#: A fenced block, at the margin or indented in a list item (its lines then carry the indent too).
+_FENCE = re.compile(r"^( *)```(\w+)([^\n]*)\n(.*?)^\1```$", re.MULTILINE | re.DOTALL)
 _RUNNERS = {"sh": ["bash", "-euo", "pipefail", "-c"], "python": [sys.executable, "-c"]}
 #: A block runs for at most this long: the longest waits for a job of a few seconds.
 _TIMEOUT = 120
@@ -47,7 +49,7 @@ def examples(path: Path = README) -> list[Example]:
     text = path.read_text()
     found = []
     for match in _FENCE.finditer(text):
-        language, info, code = match.group(1), match.group(2), match.group(3)
+        language, info, code = match.group(2), match.group(3), textwrap.dedent(match.group(4))
         if language in _RUNNERS:
             line = text.count("\n", 0, match.start()) + 1
             found.append(Example(language, line, code, runs="no-run" not in info.split()))
