@@ -47,7 +47,10 @@ def bound_submission_body(request: Request, specs: Iterable[dict[str, Any]], ser
 
     Call it before anything reads ``request.content_length`` (werkzeug caches it): a chunked body
     is given its length here."""
-    limit = min(server_limit, body_limit(request.mimetype, _largest_input(request.mimetype, specs)))
+    largest = _largest_input(request.mimetype, specs)
+    # No spec known for this kind of body (none served now): only the server's limit applies, and
+    # validation names what is wrong (422 unknown_analyzer), rather than a 413 no analyzer asked for.
+    limit = server_limit if largest is None else min(server_limit, body_limit(request.mimetype, largest))
     request.max_content_length = limit
     chunked = _is_chunked(request.environ)
     if chunked:
@@ -96,10 +99,11 @@ def _take_chunked_body(environ: dict[str, Any], limit: int) -> None:
     environ.pop("HTTP_TRANSFER_ENCODING", None)
 
 
-def _largest_input(mimetype: str, specs: Iterable[dict[str, Any]]) -> int:
+def _largest_input(mimetype: str, specs: Iterable[dict[str, Any]]) -> int | None:
+    """The largest input a served analyzer takes in a body of ``mimetype``; None when none takes one."""
     if mimetype == "application/json":
         # A JSON body carries a JSON input only: analyzers that take files are not counted.
         sizes = [s["max_input_bytes"] for s in specs if s.get("input_schema") is not None]
     else:
         sizes = [s["max_input_bytes"] for s in specs]  # other types are answered 415 (nothing read)
-    return max(sizes, default=0)
+    return max(sizes, default=None)

@@ -64,6 +64,7 @@ class WorkerRuntime:
         self.current_job: str | None = None
         self._stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
+        self._specs_published = False
 
     @classmethod
     def start(cls, *, name: str, settings: Settings, backend: Any, analyzer_classes: list[type[Analyzer]],
@@ -137,11 +138,21 @@ class WorkerRuntime:
                 "gpu": self.gpu.sample() if self.gpu is not None else None}
 
     def _beat(self) -> None:
+        # The heartbeat first: it says this worker lives, whatever becomes of its specs.
+        catalog.publish_heartbeat(self.redis, self.name, self.info(), self.settings.heartbeat_ttl)
+        try:
+            self._publish_specs()
+        except Exception as error:  # a spec left unrenewed this once still lives its TTL
+            log.warning("%s: publishing the analyzers' specs failed: %s", self.name, error)
+
+    def _publish_specs(self) -> None:
         # Specs are renewed with every beat, so that an analyzer no worker serves any more
         # expires; they live at least a heartbeat TTL, so one missed beat never retires them.
+        # Only the first publish writes over a live spec: this process's version wins once.
         catalog.publish_analyzers(self.redis, [type(a).spec() for a in self.analyzers.values()],
-                                  max(self.settings.analyzer_ttl, self.settings.heartbeat_ttl))
-        catalog.publish_heartbeat(self.redis, self.name, self.info(), self.settings.heartbeat_ttl)
+                                  max(self.settings.analyzer_ttl, self.settings.heartbeat_ttl),
+                                  replace=not self._specs_published)
+        self._specs_published = True
 
     def _beat_forever(self) -> None:
         interval = max(1.0, self.settings.heartbeat_ttl / 3)

@@ -25,6 +25,7 @@ from gpu_worker.janitor import Janitor
 from gpu_worker.joblock import JobLock, parse_owner
 from gpu_worker.registry import DEFAULT_ANALYZERS, resolve_analyzers
 from gpu_worker.runtime import WorkerRuntime, worker_redis
+from gpu_worker.spec_renewal import SpecRenewal
 from gpu_worker.webhooks import WebhookDispatcher
 from tasks.app import RUN_TASK, create_celery, queue_for
 from tasks.jobs import CANCELED, CANCELING, FAILED, QUEUED, RUNNING, JobStore
@@ -111,6 +112,9 @@ def _start_janitor(**_) -> None:
     janitor = Janitor(_parent_store(), _parent_lock(), app, dead_after=_settings.heartbeat_ttl,
                       interval=_settings.janitor_interval)
     janitor.start()
+    # Keeps this worker's analyzers published while a pool child reloads its models.
+    SpecRenewal.for_ttl(_parent_store().redis, [cls.name for cls in _analyzer_classes],
+                        max(_settings.analyzer_ttl, _settings.heartbeat_ttl)).start()
     if _settings.webhook_secret:  # without a secret the API refuses webhooks, so none are queued
         WebhookDispatcher(_parent_store(), _settings, backend=app.backend, name=worker_name()).start()
 

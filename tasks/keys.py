@@ -40,6 +40,8 @@ def queue_sequence(queue: str) -> str:
 RUNNING = f"{PREFIX}running"
 
 ANALYZERS = f"{PREFIX}analyzers"
+#: When each published analyzer spec expires, by analyzer name (epoch seconds on Redis's clock).
+ANALYZER_EXPIRIES = f"{ANALYZERS}:expires"
 WORKERS = f"{PREFIX}workers"
 
 
