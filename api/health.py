@@ -31,7 +31,7 @@ def readyz():
     serving = _workers_by_analyzer(workers)
     reasons = [f"no live worker serves {name!r}" for name in sorted(specs) if not serving.get(name)]
     if not specs:
-        reasons.append("no analyzer published yet: no worker has loaded its models")
+        reasons.append("no analyzer served now: no live worker has published its analyzers")
     # Both directions, since routing gives analyzers to particular workers:
     # which workers serve an analyzer, and what each worker serves.
     body = {"ready": not reasons, "reasons": reasons,

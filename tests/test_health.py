@@ -53,7 +53,7 @@ def test_redis_unreachable(tmp_path):
 def test_not_ready_without_a_live_worker_for_each_analyzer(empty_redis):
     status, body = probe(empty_redis.url)["/readyz"]
     assert status == 503
-    assert "no analyzer published yet" in " ".join(json.loads(body)["reasons"])
+    assert "no analyzer served now" in " ".join(json.loads(body)["reasons"])
 
     client = redis.Redis.from_url(empty_redis.url)
     catalog.publish_analyzers(client, [{"name": "digits"}, {"name": "simulate"}])
