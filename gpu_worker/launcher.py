@@ -16,7 +16,6 @@ launcher exits with an error once no slot is left.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import signal
@@ -33,6 +32,7 @@ from gpu_worker.cpu_affinity import worker_core_lists
 from gpu_worker.devices import discover_gpus
 from gpu_worker.registry import DEFAULT_ANALYZERS
 from gpu_worker.routing import route_analyzers
+from gpuq.die_with_parent import die_with_parent
 from tasks import logs
 from tasks.settings import SettingsError
 
@@ -92,14 +92,6 @@ def plan_slots(environ: dict[str, str], state_dir: Path) -> list[Slot]:
     return slots
 
 
-def _die_with_parent() -> None:
-    """Runs in the child before exec: SIGTERM it if the launcher itself dies."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
 class Launcher:
     def __init__(self, slots: list[Slot], *, loglevel: str = "INFO", grace: float = 60.0, quiet: bool = False):
         self.slots = slots
@@ -118,7 +110,7 @@ class Launcher:
     def start(self, slot: Slot) -> None:
         slot.ready_file.unlink(missing_ok=True)
         slot.process = subprocess.Popen(self.command(slot), env=slot.env, start_new_session=True,
-                                        preexec_fn=_die_with_parent)
+                                        preexec_fn=die_with_parent())
         slot.started_at = time.monotonic()
         log.info("started worker %s (pid %d)", slot.name, slot.process.pid)
 

@@ -9,7 +9,10 @@ gap: the kernel itself sends the child a signal when its parent dies.
 
 The signal is SIGTERM, the one each part already stops cleanly on (gunicorn's
 workers, the launcher's Celery workers, Flower's state file, Redis's AOF).
-Elsewhere than Linux this does nothing.
+``gpuq up`` asks the same for itself (``die_with_own_parent``): ``make up``
+runs it as the recipe's child, and a make killed outright would otherwise
+leave it, and so the whole stack, running. Elsewhere than Linux this does
+nothing.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import signal
 import sys
 from collections.abc import Callable
 
-__all__ = ["die_with_parent"]
+__all__ = ["die_with_own_parent", "die_with_parent"]
 
 _PR_SET_PDEATHSIG = 1
 
@@ -39,9 +42,20 @@ def die_with_parent(signum: int = signal.SIGTERM) -> Callable[[], None] | None:
     parent = os.getpid()
 
     def arm() -> None:
-        _prctl(_PR_SET_PDEATHSIG, signum)
-        # The parent may have died between fork and prctl: then no signal would ever come.
-        if os.getppid() != parent:
-            os.kill(os.getpid(), signum)
+        _signal_when_parent_dies(parent, signum)
 
     return arm
+
+
+def die_with_own_parent(signum: int = signal.SIGTERM) -> None:
+    """This process gets ``signum`` when its parent dies (the kernel watches the parent's thread that
+    forked it: make, which runs a recipe from its only thread)."""
+    if _prctl is not None:
+        _signal_when_parent_dies(os.getppid(), signum)
+
+
+def _signal_when_parent_dies(parent: int, signum: int) -> None:
+    _prctl(_PR_SET_PDEATHSIG, signum)
+    # The parent may have died before prctl: then no signal would ever come.
+    if os.getppid() != parent:
+        os.kill(os.getpid(), signum)

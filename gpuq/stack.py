@@ -8,8 +8,10 @@ the rest is stopped.
 
 If ``gpuq up`` itself is killed outright (SIGKILL, the OOM killer), the kernel
 sends every part SIGTERM (gpuq/die_with_parent.py), and Redis stops once the
-others have (gpuq/redis_guard.py): nothing outlives it holding a port. A port
-that is already taken stops ``gpuq up`` before anything starts.
+others have (gpuq/redis_guard.py): nothing outlives it holding a port. The
+kernel sends ``gpuq up`` a SIGTERM in turn when its own parent dies, so a
+``make up`` killed outright stops the stack too. A port that is already taken
+stops ``gpuq up`` before anything starts.
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
-from gpuq.die_with_parent import die_with_parent
+from gpuq.die_with_parent import die_with_own_parent, die_with_parent
 from gpuq.ports_in_use import Listener, in_use, refusal
 from gpuq.redis_server import RedisServer
 
@@ -53,9 +56,12 @@ def _listeners(env: dict[str, str], redis_port: int | None) -> list[Listener]:
     return listeners
 
 
-def _wait_ready(url: str, children: dict[str, subprocess.Popen], timeout: float) -> bool:
+def _wait_ready(url: str, children: dict[str, subprocess.Popen], timeout: float,
+                should_stop: Callable[[], bool]) -> bool:
+    """Whether the API answered ready; False at once when a part died or a stop was asked (Ctrl-C, a closed
+    terminal), rather than after the whole ``timeout``."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and not should_stop():
         if any(p.poll() is not None for p in children.values()):
             return False
         try:
@@ -69,6 +75,7 @@ def _wait_ready(url: str, children: dict[str, subprocess.Popen], timeout: float)
 
 
 def run_stack(environ: dict[str, str] | None = None) -> int:
+    die_with_own_parent()
     env = dict(os.environ if environ is None else environ)
     state = Path(env.get("GPUQ_STATE_DIR", _ROOT / ".gpuq"))
     api_port = env.setdefault("GPUQ_API_PORT", "8000")
@@ -119,7 +126,8 @@ def run_stack(environ: dict[str, str] | None = None) -> int:
         children["flower"] = _start("flower", flower_cmd, env, redis)
 
         ready_url = f"http://127.0.0.1:{api_port}/readyz"
-        if _wait_ready(ready_url, children, float(env.get("GPUQ_UP_TIMEOUT", "300"))):
+        if _wait_ready(ready_url, children, float(env.get("GPUQ_UP_TIMEOUT", "300")),
+                       lambda: stopping):
             print(f"gpuq up: ready. API http://127.0.0.1:{api_port}  Flower http://127.0.0.1:{flower_port}  "
                   f"(Ctrl-C stops everything)", flush=True)
         elif not stopping:

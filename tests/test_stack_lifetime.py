@@ -182,3 +182,48 @@ def test_one_taken_port_stops_gpuq_up_before_anything_starts(up, env, tmp_path, 
     assert not any(f"port {env[v]} " in said for v in others)
     assert not any(_listening(int(env[v])) for v in others)
     assert not (tmp_path / "state").exists()
+
+
+def test_ctrl_c_while_waiting_for_readiness_stops_at_once(up, env):
+    # The API listens on another port than the one readiness is asked at, so the stack never gets ready.
+    stack = up({**env, "GPUQ_API_BIND": f"127.0.0.1:{free_port()}", "GPUQ_UP_TIMEOUT": "300"})
+    deadline = time.monotonic() + 60
+    while "starting flower" not in stack.output():
+        assert stack.popen.poll() is None and time.monotonic() < deadline, stack.output()[-3000:]
+        time.sleep(0.2)
+    parts = _descendants(stack.popen.pid)
+    stack.popen.send_signal(signal.SIGINT)
+    assert stack.popen.wait(timeout=60) == 0, stack.output()[-3000:]  # not after GPUQ_UP_TIMEOUT's 300 s
+    assert "gpuq up: ready." not in stack.output() and stack.output().rstrip().endswith("gpuq up: stopped")
+    assert _running(parts) == {}
+
+
+def test_a_killed_make_up_takes_the_stack_with_it(env, tmp_path):
+    """As `make up` runs it: `gpuq up` the child of another process, which is killed outright."""
+    log = tmp_path / "make-up.log"
+    with open(log, "wb") as sink:
+        # A shell that outlives its command stands in for make (it does not exec the command in its place).
+        parent = subprocess.Popen(["sh", "-c", '"$0" -m gpuq.cli up; echo "gpuq up ended"', sys.executable],
+                                  env=env, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+    parts: dict[int, tuple[int, str]] = {}
+    try:
+        deadline = time.monotonic() + 150
+        while "gpuq up: ready." not in log.read_text(errors="replace"):
+            assert parent.poll() is None and time.monotonic() < deadline, log.read_text()[-4000:]
+            time.sleep(0.3)
+        parts = _descendants(parent.pid)
+        assert any("gpuq.cli up" in command for _, command in parts.values())
+        parent.kill()
+        parent.wait()
+        deadline = time.monotonic() + 90
+        while _running(parts) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _running(parts) == {}, f"outlived the killed parent:\n{log.read_text()[-3000:]}"
+        assert not any(_listening(int(env[variable])) for variable in PORT_VARIABLES)
+        assert log.read_text().rstrip().endswith("gpuq up: stopped")
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+        for pid in _running(parts):  # what a failure left running, so that it holds no port for later tests
+            os.kill(pid, signal.SIGKILL)
