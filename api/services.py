@@ -21,8 +21,9 @@ __all__ = ["AnalyzerCatalog", "Services", "services"]
 class AnalyzerCatalog:
     """Analyzer specs read from Redis, cached briefly so a submit costs no extra round trip."""
 
-    def __init__(self, redis: Redis, max_age: float = 2.0):
+    def __init__(self, redis: Redis, max_age: float = 2.0, analyzer_ttl: float = Settings.analyzer_ttl):
         self._redis = redis
+        self._analyzer_ttl = analyzer_ttl
         self._max_age = max_age
         self._specs: dict[str, dict[str, Any]] = {}
         self._read_at = float("-inf")
@@ -31,7 +32,7 @@ class AnalyzerCatalog:
     def all(self, refresh: bool = False) -> dict[str, dict[str, Any]]:
         with self._lock:
             if refresh or time.monotonic() - self._read_at > self._max_age:
-                self._specs = catalog.analyzer_specs(self._redis)
+                self._specs = catalog.analyzer_specs(self._redis, ttl=self._analyzer_ttl)
                 self._read_at = time.monotonic()
             return self._specs
 
@@ -56,7 +57,7 @@ class Services:
     queue_limits: dict[str, int] = field(init=False)
 
     def __post_init__(self) -> None:
-        self.analyzers = AnalyzerCatalog(self.redis)
+        self.analyzers = AnalyzerCatalog(self.redis, analyzer_ttl=self.settings.analyzer_ttl)
         self.queue_limits = self.settings.queue_limit_overrides()
 
 

@@ -50,6 +50,9 @@ class Janitor:
         self.interval = interval
         self._suspects: dict[tuple[str, str], float] = {}
         self._lost_suspects: dict[tuple[str, str], float] = {}
+        #: Every queue this janitor has seen served: a retired analyzer's queue, whose spec has
+        #: expired, may still hold jobs and lost deliveries to sweep.
+        self._seen_queues: set[str] = set()
         self.lifecycle = store.lifecycle
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -173,7 +176,8 @@ class Janitor:
         return acted
 
     def _queues(self) -> list[str]:
-        return [queue_for(name) for name in catalog.analyzer_specs(self.store.redis)]
+        self._seen_queues.update(queue_for(name) for name in catalog.analyzer_specs(self.store.redis))
+        return sorted(self._seen_queues)
 
     def _oldest_number(self, queue: str, index: str) -> float | None:
         """The push number of the oldest message still in ``queue`` (None: the list is empty)."""
