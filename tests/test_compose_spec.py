@@ -94,7 +94,9 @@ def test_check_jsonschema_accepts_the_compose_file_as_it_is():
 def test_check_jsonschema_accepts_the_cpu_override_and_the_merged_cpu_stack(tmp_path):
     # check-jsonschema's YAML parser knows no `!reset`: it refuses the override file as written...
     assert "!reset" in CPU_OVERRIDE.read_text()
-    assert check_jsonschema(CPU_OVERRIDE).returncode != 0
+    refused = check_jsonschema(CPU_OVERRIDE)
+    assert refused.returncode == 1 and f"Failed to parse {CPU_OVERRIDE}" in refused.stdout, refused.stdout
+    assert "could not determine a constructor for the tag '!reset'" in refused.stdout, refused.stdout
     # ...so the override, with the tag read as its value, and the merged stack Compose would run go as JSON.
     override = tmp_path / "docker-compose.cpu.json"
     override.write_text(json.dumps(yaml.load(CPU_OVERRIDE.read_text(), Loader=_ResetAsValue)))  # noqa: S506
