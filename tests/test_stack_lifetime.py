@@ -141,6 +141,10 @@ def test_a_killed_gpuq_up_takes_every_part_with_it(up, env):
         time.sleep(0.2)
     assert _running(parts) == {}, f"outlived gpuq up:\n{stack.output()[-3000:]}"
     assert not any(_listening(port) for port in ports)
+    # Redis went last (gpuq/redis_guard.py): the stopping Celery worker never met it gone.
+    after_kill = stack.output()
+    for retry in ("Connection refused", "Cannot connect to redis", "Trying to re-establish"):
+        assert retry not in after_kill, after_kill[-3000:]
 
 
 def test_a_closed_terminal_stops_the_stack_in_order(up):
