@@ -126,8 +126,8 @@ class _SpeclessAnalyzer:
 
 
 def test_a_failed_spec_publish_leaves_the_heartbeat_beating(own_redis):
-    runtime = WorkerRuntime(name="w1", settings=Settings(redis_url="redis://unused"), redis=own_redis, device="cpu", device_label="cpu",
-                            analyzers={"specless": _SpeclessAnalyzer()}, runner=None)
+    runtime = WorkerRuntime(name="w1", settings=Settings(redis_url="redis://unused"), redis=own_redis, device="cpu",
+                            device_label="cpu", analyzers={"specless": _SpeclessAnalyzer()}, runner=None)
     runtime._beat()
     assert [w["name"] for w in catalog.live_workers(own_redis)] == ["w1"]
 
