@@ -63,7 +63,10 @@ def take_wait_slot(kind: str, settings: Settings, tenant: str, advice: str) -> C
     limit = getattr(settings, f"max_{kind}")
     # With auth off there is one tenant, the whole API's: a share would only halve its waits.
     per_tenant = limit if settings.auth_off else getattr(settings, f"tenant_max_{kind}")
-    slots: WaitSlots = current_app.extensions.setdefault(f"gpuq.wait_slots.{kind}", WaitSlots(limit, per_tenant))
+    key = f"gpuq.wait_slots.{kind}"
+    slots: WaitSlots | None = current_app.extensions.get(key)
+    if slots is None:  # the first wait of this process; a race here at worst makes one spare
+        slots = current_app.extensions.setdefault(key, WaitSlots(limit, per_tenant))
     full = slots.try_take(tenant)
     if full is not None:
         what = kind.replace("_", "-")

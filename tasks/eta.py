@@ -95,7 +95,7 @@ def free_in(redis: Redis, analyzer: str) -> list[float]:
     for job_id in running:
         pipe.hmget(keys.job(job_id), "worker", "analyzer", "started_at", "progress")
     rows = [row for row in pipe.execute() if row[0] and row[0].decode() in serving and row[2]]
-    averages = dict(zip(*_averages(redis, {row[1] for row in rows if row[1]}), strict=True))
+    averages = _averages(redis, {row[1] for row in rows if row[1]})
     left: dict[str, float] = {}
     for worker, job_analyzer, started_at, progress in rows:
         average = averages.get(job_analyzer)
@@ -107,10 +107,11 @@ def free_in(redis: Redis, analyzer: str) -> list[float]:
     return sorted(left.get(name, 0.0) for name in serving)
 
 
-def _averages(redis: Redis, analyzers: set[bytes]) -> tuple[list[bytes], list[float | None]]:
+def _averages(redis: Redis, analyzers: set[bytes]) -> dict[bytes, float | None]:
+    """Each analyzer's average run seconds, in one round trip."""
     names = sorted(analyzers)
     values = redis.hmget(keys.RUN_SECONDS, names) if names else []
-    return names, [float(v) if v is not None else None for v in values]
+    return {name: float(v) if v is not None else None for name, v in zip(names, values, strict=True)}
 
 
 def queued_seconds(average: float, position: int, free: list[float]) -> float:
