@@ -2,9 +2,12 @@
 
 - ``ready_for_inference``: a module on its device, in eval mode, without gradients.
 - ``amp_dtype``: the reduced precision (autocast) an analyzer may run in, if any:
-  only on CUDA, only where the analyzer allows it, never with ``GPUQ_PRECISION=fp32``.
+  only on CUDA, only where the analyzer allows it and the card computes it
+  faster than float32 (float16 from compute capability 7.0, bfloat16 from 8.0);
+  ``GPUQ_PRECISION=reduced`` drops the speed condition, ``fp32`` forbids it.
 - ``HostStaging``: page-locked host buffers, reused from pass to pass, so
-  inputs reach a CUDA device by asynchronous copies.
+  inputs reach a CUDA device by asynchronous copies. The buffers are ordinary
+  tensors even when made inside ``torch.inference_mode()``.
 - ``one_ahead``: a pipeline that prepares pass k+1 on the CPU while the device
   runs pass k, and hands pass k over once k+1 is on its way.
 - ``run_or_out_of_memory``: a CUDA out-of-memory error turned into
@@ -35,11 +38,17 @@ __all__ = [
     "run_or_out_of_memory",
 ]
 
-#: Operators' switch: ``fp32`` runs every analyzer in float32 even where it allows
-#: less; ``auto`` (the default) uses what each analyzer allows on a CUDA device.
+#: Operators' switch: ``auto`` (the default) uses what each analyzer allows on a
+#: CUDA card that computes it faster than float32; ``reduced`` uses it on any CUDA
+#: card (a P100, compute capability 6.0, has fast float16 but no tensor cores);
+#: ``fp32`` runs every analyzer in float32 even where it allows less.
 PRECISION_ENV = "GPUQ_PRECISION"
-_PRECISIONS = ("auto", "fp32")
+_PRECISIONS = ("auto", "reduced", "fp32")
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+# The compute capability from which a dtype beats float32 under ``auto``: float16
+# runs on tensor cores from Volta (7.0), and before that most cards compute it
+# far slower than float32; bfloat16 is emulated before Ampere (8.0).
+_FASTER_THAN_FLOAT32_FROM = {torch.float16: (7, 0), torch.bfloat16: (8, 0)}
 
 Prepared = TypeVar("Prepared")
 Launched = TypeVar("Launched")
@@ -52,13 +61,15 @@ def ready_for_inference(module: Module, device: torch.device) -> Module:
     return module.to(device).eval().requires_grad_(False)
 
 
-def amp_dtype(device: torch.device, allowed: str | None,
-              environ: Mapping[str, str] | None = None) -> torch.dtype | None:
+def amp_dtype(device: torch.device, allowed: str | None, environ: Mapping[str, str] | None = None,
+              capability: tuple[int, int] | None = None) -> torch.dtype | None:
     """The dtype to autocast a model's forward pass to on ``device``, or ``None`` for float32.
 
     ``allowed`` is the analyzer's ``autocast_dtype`` ("bfloat16", "float16" or
-    None). Raises ``ValueError`` for a malformed ``GPUQ_PRECISION`` or
-    ``allowed``, so a misconfigured worker refuses to start.
+    None); ``capability`` is the CUDA device's compute capability, read from
+    torch only when it is needed and not given. Raises ``ValueError`` for a
+    malformed ``GPUQ_PRECISION`` or ``allowed``, so a misconfigured worker
+    refuses to start.
     """
     env = os.environ if environ is None else environ
     precision = env.get(PRECISION_ENV, "").strip().lower() or "auto"
@@ -72,9 +83,11 @@ def amp_dtype(device: torch.device, allowed: str | None,
     if allowed is None or precision == "fp32" or device.type != "cuda":
         return None
     dtype = _DTYPES[allowed]
-    if dtype is torch.bfloat16 and torch.cuda.get_device_capability(device) < (8, 0):
-        return None  # bfloat16 is emulated before Ampere: slower than float32, so not worth it
-    return dtype
+    if precision == "reduced":
+        return dtype
+    if capability is None:
+        capability = torch.cuda.get_device_capability(device)
+    return dtype if capability >= _FASTER_THAN_FLOAT32_FROM[dtype] else None
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None) -> AbstractContextManager[object]:
@@ -94,6 +107,12 @@ class HostStaging:
     overwritten, its previous copy is waited for (a CUDA event), so reuse is
     safe however far ahead the caller runs. On any other device ``to_device``
     is a plain ``.to(device)``.
+
+    A buffer may first be needed inside ``torch.inference_mode()`` (a warm-up
+    pass in ``setup``) and reused outside it or from another thread; so it is
+    made and written outside inference mode, as an ordinary tensor. Made as an
+    inference tensor, its next reuse there would fail with "Inplace update to
+    inference tensor outside InferenceMode".
     """
 
     def __init__(self, device: torch.device):
@@ -106,20 +125,31 @@ class HostStaging:
             return tensor.to(self.device)
         buffer, copied = self._slots.get(slot, (None, None))
         if copied is not None:
-            copied.synchronize()  # the last copy out of this buffer has finished reading it
+            self._wait_for_previous_copy(copied)
         if buffer is None or buffer.dtype != tensor.dtype or buffer.numel() < tensor.numel():
             # At least double: inputs that grow pass by pass (texts run shortest
             # first) are then pinned a few times, not once a pass.
             grown = 2 * buffer.numel() if buffer is not None and buffer.dtype == tensor.dtype else 0
-            buffer = torch.empty(max(tensor.numel(), grown), dtype=tensor.dtype, pin_memory=True)
-        # A flat buffer viewed in the input's shape: always contiguous, whatever the shape.
-        staged = buffer[: tensor.numel()].view(tensor.shape)
-        staged.copy_(tensor)
+            buffer = _new_buffer(max(tensor.numel(), grown), tensor.dtype, pin_memory=True)
+        with torch.inference_mode(False):  # an ordinary in-place write to an ordinary tensor, in any mode
+            # A flat buffer viewed in the input's shape: always contiguous, whatever the shape.
+            staged = buffer[: tensor.numel()].view(tensor.shape)
+            staged.copy_(tensor)
         on_device = staged.to(self.device, non_blocking=True)
         event = torch.cuda.Event()
         event.record(torch.cuda.current_stream(self.device))
         self._slots[slot] = (buffer, event)
         return on_device
+
+    def _wait_for_previous_copy(self, copied: torch.cuda.Event) -> None:
+        """Block until the last copy out of a buffer has finished reading it, so it may be overwritten."""
+        copied.synchronize()
+
+
+def _new_buffer(numel: int, dtype: torch.dtype, pin_memory: bool) -> torch.Tensor:
+    """A flat host buffer of ``numel`` elements: an ordinary tensor, even when made inside inference mode."""
+    with torch.inference_mode(False):
+        return torch.empty(numel, dtype=dtype, pin_memory=pin_memory)
 
 
 def one_ahead(prepared: Iterable[Prepared], launch: Callable[[Prepared], Launched],

@@ -5,9 +5,12 @@ The launcher finds the GPUs without initialising CUDA, starts one
 concurrency 1), restarts a worker that dies with a growing delay, and on
 SIGTERM or SIGINT asks every worker for a warm shutdown (running jobs finish)
 before it kills what is left after the grace period. With no GPU it starts
-``GPUQ_CPU_WORKERS`` CPU workers (default 1). ``GPUQ_ROUTES`` may give
-workers analyzers of their own (``gpu_worker.routing``), ``GPUQ_WORKER_CPUS``
-cores of their own (``gpu_worker.cpu_affinity``).
+``GPUQ_CPU_WORKERS`` CPU workers (default 1); on a host meant to have GPUs
+(``GPUQ_GPUS`` names some, or ``nvidia-smi`` is installed) where none can be
+listed it starts nothing and exits with the reason (``gpu_worker.devices``).
+``GPUQ_ROUTES`` may give workers analyzers of their own
+(``gpu_worker.routing``), ``GPUQ_WORKER_CPUS`` cores of their own
+(``gpu_worker.cpu_affinity``).
 
 A worker that exits before its models were ever loaded (no ready file) failed
 its set-up; after a few such failures in a row its slot is given up, and the
@@ -29,7 +32,7 @@ from pathlib import Path
 
 from gpu_worker.cpu_affinity import VARIABLE as CORES_VARIABLE
 from gpu_worker.cpu_affinity import worker_core_lists
-from gpu_worker.devices import discover_gpus
+from gpu_worker.devices import GpuDiscoveryError, discover_gpus, named_gpus
 from gpu_worker.registry import DEFAULT_ANALYZERS
 from gpu_worker.routing import route_analyzers
 from gpuq.die_with_parent import die_with_parent
@@ -59,10 +62,18 @@ class Slot:
     history: list[int] = field(default_factory=list)
 
 
-def plan_slots(environ: dict[str, str], state_dir: Path) -> list[Slot]:
+def plan_slots(environ: dict[str, str], state_dir: Path, gpus: list[str] | None = None) -> list[Slot]:
+    """One slot per id in ``gpus``, or CPU slots when it is empty.
+
+    ``gpus`` is what ``discover_gpus`` found; left out, the ids are taken as
+    ``GPUQ_GPUS`` or ``CUDA_VISIBLE_DEVICES`` names them, unchecked, so a plan
+    can be made for a host other than this one.
+    """
     # In a container the hostname is its id: GPUQ_HOSTNAME names the machine instead.
     host = environ.get("GPUQ_HOSTNAME") or socket.gethostname()
-    gpus = discover_gpus(environ)
+    if gpus is None:
+        named = named_gpus(environ)
+        gpus = named[1] if named is not None else []
     if gpus:
         specs = [(f"gpu{gpu}@{host}", {"CUDA_VISIBLE_DEVICES": gpu, "GPUQ_DEVICE": "cuda"}) for gpu in gpus]
     else:
@@ -185,8 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     state_dir = Path(env.get("GPUQ_STATE_DIR") or tempfile.mkdtemp(prefix="gpuq-worker-"))
     state_dir.mkdir(parents=True, exist_ok=True)
     try:
-        slots = plan_slots(env, state_dir)
-    except SettingsError as error:  # a bad route or core list: stop before any worker starts
+        slots = plan_slots(env, state_dir, discover_gpus(env))
+    # No GPU where one is expected, a bad route or core list: stop before any worker starts.
+    except (GpuDiscoveryError, SettingsError) as error:
         raise SystemExit(f"gpuq worker: {error}") from None
     for slot in slots:
         log.info("worker %s serves %s", slot.name, slot.env.get("GPUQ_ANALYZERS", DEFAULT_ANALYZERS))

@@ -3,12 +3,18 @@
 ``GPUQ_ANALYZERS`` is a comma-separated list of built-in names (``digits``) and
 import paths (``mypkg.models:Segmenter``). Every class is checked here, at
 start-up, so a broken one stops the worker with a clear message.
+
+The classes are imported in the worker's main process, which then forks the
+process that loads the models. CUDA cannot be used in a child forked after it
+was initialised, so a module that initialises CUDA when imported is refused
+here, by name, rather than leaving every model process to fail obscurely.
 """
 
 from __future__ import annotations
 
 import importlib
 import re
+import sys
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
@@ -51,15 +57,28 @@ def _import(path: str) -> type[Analyzer]:
     if not attr:
         raise AnalyzerConfigError(
             f"{path!r} is neither a built-in ({', '.join(BUILTINS)}) nor an import path 'package.module:Class'")
+    cuda_before = _cuda_initialized()
     try:
         module = importlib.import_module(module_name)
     except Exception as error:
         raise AnalyzerConfigError(f"cannot import {module_name!r} for analyzer {path!r}: {error!r}") from error
+    # Only blame the module if CUDA came up during its import (a test process may have initialised it before).
+    if not cuda_before and _cuda_initialized():
+        raise AnalyzerConfigError(
+            f"importing {module_name!r} for analyzer {path!r} initialised CUDA; the worker forks its model "
+            "process after importing analyzers, and a forked child cannot use CUDA initialised before the fork: "
+            "touch CUDA only in setup(device)")
     cls = getattr(module, attr, None)
     if cls is None:
         raise AnalyzerConfigError(f"module {module_name!r} has no attribute {attr!r}")
     _check(cls, path)
     return cls
+
+
+def _cuda_initialized() -> bool:
+    # Only if torch is already imported: importing it here would cost every analyzer that does not use it.
+    torch = sys.modules.get("torch")
+    return torch is not None and torch.cuda.is_initialized()
 
 
 def _check(cls: object, path: str) -> None:

@@ -5,6 +5,8 @@ What needs CUDA (autocast results, pinned copies) is in tests/test_gpu_inference
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 
@@ -12,6 +14,7 @@ from gpu_worker.analyzer import Analyzer, OutOfMemory
 from gpu_worker.inference import (
     PRECISION_ENV,
     HostStaging,
+    _new_buffer,
     amp_dtype,
     autocast,
     one_ahead,
@@ -27,17 +30,37 @@ def test_a_cpu_always_runs_float32():
         assert amp_dtype(CPU, allowed, {}) is None
 
 
+def test_a_cpu_runs_float32_whatever_the_operator_asks():
+    for precision in ("auto", "reduced", "fp32"):
+        assert amp_dtype(CPU, "float16", {PRECISION_ENV: precision}, capability=(9, 0)) is None
+
+
 def test_cuda_autocasts_only_where_the_analyzer_allows_and_the_operator_does_not_forbid():
-    assert amp_dtype(CUDA, "float16", {}) is torch.float16
-    assert amp_dtype(CUDA, "float16", {PRECISION_ENV: "auto"}) is torch.float16
-    assert amp_dtype(CUDA, None, {}) is None
-    assert amp_dtype(CUDA, "float16", {PRECISION_ENV: "fp32"}) is None
-    assert amp_dtype(CUDA, "bfloat16", {PRECISION_ENV: " FP32 "}) is None
+    assert amp_dtype(CUDA, "float16", {}, capability=(8, 0)) is torch.float16
+    assert amp_dtype(CUDA, "float16", {PRECISION_ENV: "auto"}, capability=(8, 0)) is torch.float16
+    assert amp_dtype(CUDA, None, {}, capability=(8, 0)) is None
+    assert amp_dtype(CUDA, None, {PRECISION_ENV: "reduced"}, capability=(8, 0)) is None
+    assert amp_dtype(CUDA, "float16", {PRECISION_ENV: "fp32"}, capability=(8, 0)) is None
+    assert amp_dtype(CUDA, "bfloat16", {PRECISION_ENV: " FP32 "}, capability=(9, 0)) is None
+
+
+def test_auto_uses_half_precision_only_on_cards_that_compute_it_faster_than_float32():
+    assert amp_dtype(CUDA, "float16", {}, capability=(6, 1)) is None  # Pascal: no tensor cores
+    assert amp_dtype(CUDA, "float16", {}, capability=(7, 0)) is torch.float16  # Volta: tensor cores
+    assert amp_dtype(CUDA, "bfloat16", {}, capability=(7, 5)) is None  # Turing: bfloat16 emulated
+    assert amp_dtype(CUDA, "bfloat16", {}, capability=(8, 0)) is torch.bfloat16  # Ampere
+
+
+def test_reduced_uses_the_analyzers_dtype_on_any_cuda_card():
+    assert amp_dtype(CUDA, "float16", {PRECISION_ENV: "reduced"}, capability=(6, 1)) is torch.float16
+    assert amp_dtype(CUDA, "bfloat16", {PRECISION_ENV: " Reduced "}, capability=(7, 5)) is torch.bfloat16
 
 
 def test_malformed_precision_settings_stop_the_worker():
     with pytest.raises(ValueError, match="GPUQ_PRECISION='half'"):
         amp_dtype(CPU, "float16", {PRECISION_ENV: "half"})
+    with pytest.raises(ValueError, match="GPUQ_PRECISION='fp16': expected one of auto, reduced, fp32"):
+        amp_dtype(CUDA, "float16", {PRECISION_ENV: "fp16"}, capability=(9, 0))
     with pytest.raises(ValueError, match="autocast_dtype='fp8'"):
         amp_dtype(CUDA, "fp8", {})
 
@@ -106,6 +129,28 @@ def test_staging_on_the_cpu_is_a_plain_copy():
     x = torch.arange(12).reshape(3, 4)
     staged = HostStaging(CPU).to_device(x, "ids")
     assert torch.equal(staged, x) and staged.device == CPU
+
+
+def test_a_staging_buffer_made_in_inference_mode_can_be_reused_outside_it_and_from_another_thread():
+    # CPU-only torch cannot pin memory; whether a buffer is an inference tensor does not depend on pinning.
+    with torch.inference_mode():
+        buffer = _new_buffer(6, torch.int64, pin_memory=False)
+    assert not buffer.is_inference()
+    assert buffer.shape == (6,) and buffer.dtype is torch.int64
+    buffer[:4].view(2, 2).copy_(torch.tensor([[1, 2], [3, 4]]))  # outside inference mode
+    errors: list[BaseException] = []
+
+    def write_from_another_thread():
+        try:
+            buffer.copy_(torch.arange(6))
+        except RuntimeError as error:
+            errors.append(error)
+
+    thread = threading.Thread(target=write_from_another_thread)
+    thread.start()
+    thread.join()
+    assert errors == []
+    assert buffer.tolist() == [0, 1, 2, 3, 4, 5]
 
 
 def test_cuda_out_of_memory_becomes_out_of_memory_with_both_messages():

@@ -13,6 +13,7 @@ import requests
 
 from gpu_worker.launcher import plan_slots
 from gpuq.redis_server import RedisServer
+from tests.fixtures.nvidia_smi import NO_DRIVER, path_with, runs
 from tests.stack import base_env, start_api, start_workers, wait_for_status, wait_for_workers
 
 
@@ -105,6 +106,24 @@ def test_one_worker_per_gpu_without_touching_cuda(tmp_path):
     cpu = plan_slots({"GPUQ_GPUS": "none", "GPUQ_CPU_WORKERS": "2"}, tmp_path)
     assert [s.name.split("@")[0] for s in cpu] == ["cpu0", "cpu1"]
     assert {s.env["GPUQ_DEVICE"] for s in cpu} == {"cpu"} and {s.env["CUDA_VISIBLE_DEVICES"] for s in cpu} == {""}
+
+
+def test_a_host_meant_to_have_gpus_starts_no_worker_when_its_driver_is_broken(tmp_path):
+    smi = tmp_path / "bin"
+    # No Redis: the launcher must stop before anything would need one.
+    env = base_env("redis://127.0.0.1:1/0", PATH=path_with(smi, NO_DRIVER, os.environ["PATH"]))
+    del env["GPUQ_GPUS"]  # nothing says CPU workers on purpose; nvidia-smi is there, so GPUs are expected
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    started = time.monotonic()
+    process = start_workers(env, tmp_path)
+    code = process.popen.wait(timeout=60)
+    output = process.output()
+    assert code != 0 and time.monotonic() - started < 30
+    assert "gpuq worker: GPUs are expected" in output
+    assert "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver" in output
+    assert "set GPUQ_GPUS=none to run CPU workers on purpose" in output
+    assert runs(smi) == 1
+    assert "started worker" not in output and "celery" not in output.lower()
 
 
 def test_broken_user_analyzers_are_refused_each_with_its_reason(own_redis, tmp_path):
