@@ -37,7 +37,9 @@ def readyz():
     body = {"ready": not reasons, "reasons": reasons,
             "analyzers": {name: [w["name"] for w in serving.get(name, [])] for name in sorted(specs)},
             "workers": [{"name": w["name"], "device": w.get("device"), "state": w.get("state"),
-                         "analyzers": w.get("analyzers", [])} for w in workers]}
+                         "analyzers": w.get("analyzers", []),
+                         **({"unhealthy_because": w["unhealthy_because"]} if w.get("unhealthy_because") else {})}
+                        for w in workers]}
     return body, 200 if not reasons else 503
 
 

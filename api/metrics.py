@@ -142,9 +142,28 @@ class FleetCollector(Collector):
         util = GaugeMetricFamily("gpuq_gpu_utilization_ratio",
                                  "Fraction of the last sample period the worker's GPU was busy (NVML).",
                                  labels=["worker", "gpu"])
+        unhealthy = GaugeMetricFamily("gpuq_worker_unhealthy",
+                                      "Whether each live worker's GPU failed (a sticky device error) and its "
+                                      "model process is being replaced (1) or not (0).",
+                                      labels=["worker", "device"])
+        faults = GaugeMetricFamily("gpuq_worker_device_faults_in_a_row",
+                                   "Device faults of each worker with no batch run between them; at "
+                                   "GPUQ_DEVICE_FAULT_RESTARTS the worker stops.", labels=["worker"])
+        pass_size = GaugeMetricFamily("gpuq_analyzer_pass_size",
+                                      "Items per forward pass of each worker's analyzers that run in passes: "
+                                      "halved each time the device runs out of memory.",
+                                      labels=["worker", "analyzer"])
         for worker in sorted(workers, key=lambda w: w.get("name", "")):
             name = str(worker.get("name", ""))
-            busy.add_metric([name, str(worker.get("device", ""))], 1 if worker.get("state") == "busy" else 0)
+            device = str(worker.get("device", ""))
+            busy.add_metric([name, device], 1 if worker.get("state") == "busy" else 0)
+            unhealthy.add_metric([name, device], 1 if worker.get("state") == "unhealthy" else 0)
+            if isinstance(worker.get("device_faults_in_a_row"), int):
+                faults.add_metric([name], worker["device_faults_in_a_row"])
+            sizes = worker.get("pass_sizes")
+            for analyzer, size in sorted(sizes.items() if isinstance(sizes, dict) else []):
+                if isinstance(size, int):
+                    pass_size.add_metric([name, str(analyzer)], size)
             gpu = worker.get("gpu")
             if isinstance(gpu, dict):  # relayed from the worker's heartbeat; absent without a GPU
                 index = str(gpu.get("index", ""))
@@ -152,4 +171,4 @@ class FleetCollector(Collector):
                                     (util, "utilization")):
                     if isinstance(gpu.get(key), (int, float)):
                         family.add_metric([name, index], gpu[key])
-        yield from (busy, used, total, util)
+        yield from (busy, unhealthy, faults, pass_size, used, total, util)

@@ -39,7 +39,11 @@ class InvalidInput(AnalyzerError):
 
 
 class OutOfMemory(AnalyzerError):
-    """Raised when the device ran out of memory for this job; never retried."""
+    """Raised when the device ran out of memory.
+
+    The worker runs the batch again in smaller passes (``items_per_pass``
+    halved), then in smaller batches; a job that does not fit alone fails with it.
+    """
 
     code = "out_of_memory"
 
@@ -89,6 +93,10 @@ class Analyzer:
     #: Batching limits: the most jobs in one ``predict`` and how long to wait to fill it.
     max_batch_size: ClassVar[int] = 1
     max_wait_ms: ClassVar[int] = 0
+    #: Items (frames, texts) per forward pass, for an analyzer that runs its batch in passes of
+    #: a bounded size; ``None``: one pass a batch. When the device runs out of memory the worker
+    #: halves it on the instance (``gpu_worker.isolation``), so ``predict`` must read it each time.
+    items_per_pass: int | None = None
     #: Jobs waiting in this analyzer's queue before new ones get 429 (``GPUQ_QUEUE_LIMITS`` overrides).
     max_queue_depth: ClassVar[int] = 10_000
 

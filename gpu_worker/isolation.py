@@ -1,36 +1,104 @@
-"""Running a batch so that one bad job fails only itself.
+"""Running a batch so that one bad job fails only itself, and a full device only slows it down.
 
 ``predict`` may return an exception in an item's slot (the analyzer named the
 bad input itself); when it raises instead, nobody knows which item was at
 fault, so the batch is split in halves and each half run again, down to
 single jobs: the culprit fails with its own error and every other job gets
-its result. Splitting also answers running out of device memory: a half may
-fit where the whole did not. A time limit is not split: time is up for all.
+its result. A time limit is not split: time is up for all.
+
+Running out of device memory is the pass's fault before it is any job's: an
+analyzer that runs in passes (``items_per_pass``) gets its pass size halved,
+down to one item, and the same batch runs again; the smaller size stays for
+the next batches (until the model process restarts), and the worker reports it
+(``gpuq_analyzer_pass_size``). Only when passes of one item do not fit is the
+batch split by jobs, and a job too large for the device fails alone.
+
+A failed attempt's memory is given back before the next one: its exception
+leaves the ``except`` clause before any retry, with its frames' locals (the
+failed pass's tensors) cleared, and the device's cache is emptied. A sticky
+device error (``gpu_worker.device_faults``) is not retried at all: it raises
+``DeviceFault`` and the batch goes back to the queue.
 """
 
 from __future__ import annotations
 
+import logging
+import sys
+import traceback
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 
 from gpu_worker.analyzer import Analyzer, AnalyzerError, Item
+from gpu_worker.device_faults import DeviceFault, is_device_fault, is_out_of_memory
 
 __all__ = ["predict_isolating"]
 
+log = logging.getLogger("gpuq.isolation")
+
 
 def predict_isolating(analyzer: Analyzer, items: list[Item]) -> list[Any]:
-    """One result or exception per item, in order; never raises for an analyzer's failure."""
+    """One result or exception per item, in order; raises only ``DeviceFault``."""
+    outcome = _attempt(analyzer, items)
+    if not isinstance(outcome, BaseException):
+        return outcome
+    if isinstance(outcome, SoftTimeLimitExceeded):
+        return [outcome] * len(items)
+    if is_device_fault(outcome):
+        raise DeviceFault(_first_line(outcome)) from outcome
+    if is_out_of_memory(outcome) and _halve_passes(analyzer, outcome):
+        return predict_isolating(analyzer, items)
+    if len(items) == 1:
+        return [outcome]
+    middle = len(items) // 2
+    return predict_isolating(analyzer, items[:middle]) + predict_isolating(analyzer, items[middle:])
+
+
+def _attempt(analyzer: Analyzer, items: list[Item]) -> list[Any] | BaseException:
+    """``predict``'s outputs, or the exception it raised, its frames' locals cleared."""
     try:
         output = analyzer.predict(items)
         if not isinstance(output, (list, tuple)) or len(output) != len(items):
             got = len(output) if isinstance(output, (list, tuple)) else type(output).__name__
             raise AnalyzerError(f"predict returned {got} results for {len(items)} inputs", code="analyzer_error")
         return list(output)
-    except SoftTimeLimitExceeded as error:
-        return [error] * len(items)
-    except Exception as error:  # whose fault is unknown until the batch is split
-        if len(items) == 1:
-            return [error]
-        middle = len(items) // 2
-        return predict_isolating(analyzer, items[:middle]) + predict_isolating(analyzer, items[middle:])
+    except Exception as error:  # whose fault it is is decided out of this clause
+        failed = error
+    _let_go(failed)
+    return failed
+
+
+def _let_go(error: BaseException) -> None:
+    """Free what a failed attempt held: its frames' locals, and the device's cached blocks.
+
+    The traceback keeps each frame it passed through, and each frame its locals: the
+    pass's inputs and activations. Cleared, the traceback still names files and lines
+    (for the log), but holds no tensor. Then the allocator's cache goes back to the device,
+    for the next attempt and for other processes on the GPU.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if current.__traceback__ is not None:
+            traceback.clear_frames(current.__traceback__)
+        current = current.__cause__ or current.__context__
+    torch = sys.modules.get("torch")  # an analyzer that never imported torch has no device memory
+    if torch is not None and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+
+
+def _halve_passes(analyzer: Analyzer, error: BaseException) -> bool:
+    """Halve the analyzer's pass size after running out of memory; False when it cannot shrink."""
+    size = getattr(analyzer, "items_per_pass", None)
+    if not isinstance(size, int) or size <= 1:
+        return False
+    analyzer.items_per_pass = size // 2
+    log.warning("analyzer %s ran out of device memory with passes of %d items; passes of %d from now on (%s)",
+                analyzer.name, size, analyzer.items_per_pass, _first_line(error))
+    return True
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"

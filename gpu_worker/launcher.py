@@ -13,8 +13,9 @@ listed it starts nothing and exits with the reason (``gpu_worker.devices``).
 (``gpu_worker.cpu_affinity``).
 
 A worker that exits before its models were ever loaded (no ready file) failed
-its set-up; after a few such failures in a row its slot is given up, and the
-launcher exits with an error once no slot is left.
+its set-up; after a few such failures in a row its slot is given up. So is the
+slot of a worker that stopped because its GPU kept failing
+(``gpu_worker.device_health``). The launcher exits with an error once no slot is left.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from pathlib import Path
 
 from gpu_worker.cpu_affinity import VARIABLE as CORES_VARIABLE
 from gpu_worker.cpu_affinity import worker_core_lists
+from gpu_worker.device_health import DeviceHealth
 from gpu_worker.devices import GpuDiscoveryError, discover_gpus, named_gpus
 from gpu_worker.registry import DEFAULT_ANALYZERS
 from gpu_worker.routing import route_analyzers
@@ -120,6 +122,8 @@ class Launcher:
 
     def start(self, slot: Slot) -> None:
         slot.ready_file.unlink(missing_ok=True)
+        if not slot.history:  # a device fault count left by an earlier launcher does not carry over
+            DeviceHealth.beside(slot.ready_file).clear()
         slot.process = subprocess.Popen(self.command(slot), env=slot.env, start_new_session=True,
                                         preexec_fn=die_with_parent())
         slot.started_at = time.monotonic()
@@ -139,7 +143,8 @@ class Launcher:
             for slot in self.slots:
                 self._watch(slot)
             if all(slot.given_up for slot in self.slots):
-                log.error("every worker failed to load its analyzers; see the messages above")
+                log.error("every worker failed to load its analyzers or stopped for its GPU; "
+                          "see the messages above")
                 return 1
             time.sleep(0.2)
         return self._shutdown()
@@ -159,6 +164,11 @@ class Launcher:
             return
         slot.history.append(code)
         slot.process = None
+        stopped_because = DeviceHealth.beside(slot.ready_file).stopped_because()
+        if stopped_because:  # its GPU kept failing: another start would fail the same way
+            slot.given_up = True
+            log.error("worker %s stopped and is not restarted: %s", slot.name, stopped_because)
+            return
         if slot.ready_file.exists():
             slot.setup_failures = 0
             log.warning("worker %s exited with status %d; restarting in %.0fs", slot.name, code, slot.backoff)

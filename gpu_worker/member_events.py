@@ -76,6 +76,10 @@ class MemberEvents:
     def failed(self, job_id: str, exception: BaseException) -> None:
         self._queue("task-failed", _failed_fields, job_id, time.time(), exception)
 
+    def retried(self, job_id: str, exception: BaseException) -> None:
+        """Given back to its queue (the GPU broke under its batch): it runs again, as a retried task does."""
+        self._queue("task-retried", _failed_fields, job_id, time.time(), exception)
+
     def revoked(self, job_id: str) -> None:
         """Canceled while its batch ran: Flower shows it as Celery shows a revoked task."""
         self._queue("task-revoked", _revoked_fields, job_id, time.time())

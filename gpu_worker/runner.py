@@ -12,7 +12,11 @@ at once, not after the task's end and the next delivery went through Celery. Whi
 batch that ran on runs, a recorder thread writes the end of the one before
 and claims the one after.
 
-Every way out leaves each job's record terminal or in the hands of the
+If the GPU breaks under a batch (a sticky CUDA error, ``gpu_worker.device_faults``),
+no job of it fails for that: each goes back to its queue, its attempt not
+counted (``hand_back.lua``), and the runtime ends the model process.
+
+Every way out leaves each job's record terminal, queued again, or in the hands of the
 janitor: a result is stored with the end that says ``succeeded``, in one
 script, and any exception becomes ``failed`` with a code; nothing turns a
 failure into success. A job canceled while its batch ran ends ``canceled``,
@@ -42,6 +46,7 @@ from kombu.exceptions import EncodeError
 
 from gpu_worker.analyzer import Analyzer, AnalyzerError, Item, OutOfMemory
 from gpu_worker.claims import Claimer
+from gpu_worker.device_faults import FAULTS_BEFORE_FAILING_A_JOB, DeviceFault
 from gpu_worker.isolation import predict_isolating
 from gpu_worker.job_metrics import observe_ended, record_run_seconds
 from gpu_worker.joblock import JobLock, batch_member, is_batch_member, owner_of
@@ -53,6 +58,7 @@ from tasks.app import queue_for
 from tasks.jobs import CANCELED, CANCELING, FAILED, RUNNING, SUCCEEDED, JobRecord, JobStore
 from tasks.lifecycle import FencedReply
 from tasks.pipelined import Pipelined
+from tasks.publish import job_message
 
 __all__ = ["JobFailed", "JobRunner"]
 
@@ -193,9 +199,11 @@ class JobRunner:
         #: the metrics itself; the runtime records the others from their records.
         self.handled: list[str] = []
         self.observed: set[str] = set()
+        #: Batches the last ``run`` ran ``predict`` on to the end (the device worked).
+        self.batches_run = 0
 
     def run(self, job_id: str) -> None:
-        self.handled, self.observed = [job_id], set()
+        self.handled, self.observed, self.batches_run = [job_id], set(), 0
         began = time.monotonic()
         lead = self._claim_lead(job_id, owner_of(self.worker))
         if lead is None:
@@ -302,19 +310,65 @@ class JobRunner:
         """``step()``; if it raises, the locks of ``held`` and of the jobs ``claiming`` took are released first.
 
         A job left unfinished (Redis gone for minutes, say) is then the janitor's
-        to deliver again: running, and nobody holds its lock.
+        to deliver again: running, and nobody holds its lock. After a device fault
+        they all go back to their queues at once instead (``_hand_back``).
         """
         try:
             return step()
-        except BaseException:
+        except BaseException as error:
             if claiming is not None:
                 claiming.predicted.set()
                 try:
                     held = [*held, *claiming.future.result()]
                 except Exception:  # Redis gone: what that claim took is left to the lock's TTL
                     log.warning("could not learn which jobs were claimed for the next batch", exc_info=True)
-            self._release(held)
+            if isinstance(error, DeviceFault):
+                self._hand_back(held, error)
+            else:
+                self._release(held)
             raise
+
+    def _hand_back(self, held: list[_Claimed], fault: DeviceFault) -> None:
+        """Every job of ``held`` back to its queue after the GPU broke, its attempt not counted.
+
+        A job at its ``FAULTS_BEFORE_FAILING_A_JOB``-th device fault fails instead
+        (``device_error``); one canceled meanwhile ends canceled. If Redis cannot be
+        reached the locks are released, and the janitor delivers the jobs again.
+        """
+        if not held:
+            return
+        error = {"code": "device_error", "message": (
+            f"the GPU failed under this job {FAULTS_BEFORE_FAILING_A_JOB} times, in different model "
+            f"processes (the last: {fault}); it is taken for the cause and not run again")}
+        try:
+            writes, now = Pipelined(self.store.redis), time.time()
+            sent = {}
+            for claimed in held:
+                analyzer, queue = claimed.record.analyzer, queue_for(claimed.record.analyzer)
+                sent[claimed.job_id] = self.lifecycle.queue_hand_back(
+                    writes, claimed.job_id, claimed.token, claimed.holder, queue=queue,
+                    message=job_message(self.backend.app, claimed.job_id, analyzer, queue), error=error, now=now,
+                    most_faults=FAULTS_BEFORE_FAILING_A_JOB)
+            replies = writes.execute()
+        except Exception:
+            log.warning("could not give back the jobs of a batch whose GPU broke; left to the janitor", exc_info=True)
+            self._release(held)
+            return
+        for claimed in held:
+            end = self.lifecycle.parse_end(replies[sent[claimed.job_id]])
+            with logs.job_context(claimed.job_id):
+                if end.written and end.status == FAILED:
+                    log.error("job %s: failed, the GPU broke under it %d times (%s)", claimed.job_id,
+                              FAULTS_BEFORE_FAILING_A_JOB, fault)
+                    if is_batch_member(claimed.holder):
+                        self.member_events.failed(claimed.job_id, JobFailed(_failure_text({"error": error})))
+                elif end.written:
+                    log.warning("job %s: %s after the GPU broke under its batch (%s)", claimed.job_id,
+                                "back in its queue" if end.status == "queued" else end.status, fault)
+                    if is_batch_member(claimed.holder):
+                        self.member_events.retried(claimed.job_id, fault)
+                else:
+                    self._report_refused(claimed, end)
 
     def _release(self, held: list[_Claimed]) -> None:
         """Let go of ``held``'s locks: jobs left running for the janitor to deliver again."""
@@ -334,7 +388,7 @@ class JobRunner:
         """
         limit = self.fair_share_seconds if self._others_waiting else self.run_on_seconds
         return (self.batching and analyzer.max_batch_size > 1 and lead.record.attempts == 1
-                and time.monotonic() - began < limit)
+                and not lead.record.device_faults and time.monotonic() - began < limit)
 
     def _claim_lead(self, job_id: str, owner: str) -> _Claimed | None:
         started = time.time()
@@ -369,7 +423,8 @@ class JobRunner:
     def _gather_members(self, lead: _Claimed, analyzer: Analyzer) -> list[_Claimed]:
         """Jobs waiting behind the lead, claimed to share its batch (none when batching is off)."""
         # A job on its second attempt runs alone: its last run may have crashed its process.
-        if not self.batching or analyzer.max_batch_size <= 1 or lead.record.attempts > 1:
+        # So does one whose GPU broke under it before: if its input broke it, it breaks no other job's run.
+        if not self.batching or analyzer.max_batch_size <= 1 or lead.record.attempts > 1 or lead.record.device_faults:
             return []
         # Wait at most max_wait_ms from the lead's acceptance: a job that already
         # waited in the queue that long goes with whatever is waiting beside it.
@@ -430,6 +485,7 @@ class JobRunner:
         run_started = time.perf_counter()
         ran.outputs = predict_isolating(analyzer, [item for _, item in ran.ready]) if ran.ready else []
         ran.seconds = time.perf_counter() - run_started
+        self.batches_run += 1
         return ran
 
     def _record_batch(self, analyzer: Analyzer, batch: list[_Claimed], ran: _Ran) -> _BatchEnd:

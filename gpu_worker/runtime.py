@@ -2,16 +2,24 @@
 
 Built once per pool child, before the child takes a job. Loading fails loudly:
 the caller stops the worker instead of failing jobs one by one.
+
+A sticky device error ends the process once its batch was given back
+(``gpu_worker.device_faults``): the heartbeat says ``unhealthy`` and why, so
+readiness and metrics stop counting the worker, and Celery forks a fresh
+process. After ``GPUQ_DEVICE_FAULT_RESTARTS`` of them in a row the whole
+worker stops (``gpu_worker.device_health``).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
+import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from redis import Redis
 from redis.backoff import ExponentialBackoff
@@ -23,6 +31,8 @@ from gpu_worker import registry
 from gpu_worker.analyzer import Analyzer
 from gpu_worker.cpu_affinity import VARIABLE as CORES_VARIABLE
 from gpu_worker.cpu_affinity import pin_to_cores
+from gpu_worker.device_faults import DeviceFault
+from gpu_worker.device_health import DeviceHealth
 from gpu_worker.devices import describe_device, limit_torch_threads
 from gpu_worker.host_memory import keep_freed_memory
 from gpu_worker.job_metrics import record_finished_jobs
@@ -34,11 +44,14 @@ from tasks import catalog, logs
 from tasks.jobs import JobStore
 from tasks.settings import Settings
 
-__all__ = ["WorkerRuntime", "worker_redis"]
+__all__ = ["EXIT_DEVICE_FAULT", "WorkerRuntime", "worker_redis"]
 
 log = logging.getLogger("gpuq.worker")
 
-STARTING, READY, BUSY = "starting", "ready", "busy"
+READY, BUSY, UNHEALTHY = "ready", "busy", "unhealthy"
+
+#: Exit status of a model process that ended because its GPU broke.
+EXIT_DEVICE_FAULT = 75
 
 
 def worker_redis(settings: Settings) -> Redis:
@@ -51,7 +64,8 @@ def worker_redis(settings: Settings) -> Redis:
 
 class WorkerRuntime:
     def __init__(self, *, name: str, settings: Settings, redis: Redis, device: str, device_label: str,
-                 analyzers: dict[str, Analyzer], runner: JobRunner, gpu: GpuProbe | None = None):
+                 analyzers: dict[str, Analyzer], runner: JobRunner, gpu: GpuProbe | None = None,
+                 device_health: DeviceHealth | None = None):
         self.name = name
         self.settings = settings
         self.redis = redis
@@ -60,7 +74,11 @@ class WorkerRuntime:
         self.analyzers = analyzers
         self.runner = runner
         self.gpu = gpu
-        self.state = STARTING
+        self.device_health = device_health
+        #: Whether the device broke under an earlier process of this worker with no batch run since.
+        self._faults_unsettled = device_health is not None and device_health.faults_in_a_row() > 0
+        self.state = READY
+        self.unhealthy_because: str | None = None
         self.current_job: str | None = None
         self._stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
@@ -101,9 +119,12 @@ class WorkerRuntime:
                            run_on_seconds=min(5.0, settings.job_time_limit / 20),
                            fair_share_seconds=min(1.0, settings.job_time_limit / 20),
                            host_cores=host_cores if cores is not None else None)
+        health = DeviceHealth.for_worker(name, environ)
+        if health.stopped_because():  # started again by hand after it stopped for its GPU
+            health.clear()
         runtime = cls(name=name, settings=settings, redis=redis, device=device, device_label=label,
-                      analyzers=analyzers, runner=runner, gpu=GpuProbe.for_worker(device, environ))
-        runtime.state = READY
+                      analyzers=analyzers, runner=runner, gpu=GpuProbe.for_worker(device, environ),
+                      device_health=health)
         runtime._beat()  # publishes the analyzers' specs too
         runtime._heartbeat = threading.Thread(target=runtime._beat_forever, name="gpuq-heartbeat", daemon=True)
         runtime._heartbeat.start()
@@ -118,10 +139,47 @@ class WorkerRuntime:
         with logs.job_context(job_id):
             try:
                 self.runner.run(job_id)
+            except DeviceFault as fault:  # the batch was given back: this process can run nothing more
+                self._end_for_device_fault(fault)
             finally:
                 self.state, self.current_job = READY, None
                 unobserved = [i for i in self.runner.handled if i not in self.runner.observed]
                 record_finished_jobs(self.runner.store, unobserved, since=began)
+        if self._faults_unsettled and self.runner.batches_run and self.device_health is not None:
+            self.device_health.record_batch_run()
+            self._faults_unsettled = False
+
+    def _end_for_device_fault(self, fault: DeviceFault) -> NoReturn:
+        """End this process after its GPU broke; after too many in a row, the whole worker.
+
+        The heartbeat says why first, so the API stops counting this worker at once
+        rather than after its heartbeat expires.
+        """
+        assert self.device_health is not None
+        faults = self.device_health.record_fault(str(fault))
+        bound = self.settings.device_fault_restarts
+        self.state = UNHEALTHY
+        self.unhealthy_because = f"its GPU failed ({fault}); {faults} time(s) in a row of at most {bound}"
+        stopping = faults >= bound
+        if stopping:
+            reason = (f"gpuq worker {self.name} stops: its GPU failed {faults} times in a row, each time in a "
+                      f"fresh model process (the last: {fault}); check the GPU (nvidia-smi, the kernel log's "
+                      f"Xid messages) before starting it again")
+            self.device_health.record_stop(reason)
+            log.critical("%s", reason)
+            print(reason, file=sys.stderr, flush=True)
+        else:
+            log.error("%s: the GPU failed under a batch (%s); its jobs went back to the queue and this model "
+                      "process ends, for a fresh one (%d of %d in a row)", self.name, fault, faults, bound)
+        try:
+            self._beat()
+        except Exception:  # Redis away: the heartbeat expires instead
+            pass
+        self.runner.member_events.close()  # os._exit skips the shutdown signal that would flush them
+        logging.shutdown()
+        if stopping:
+            os.kill(os.getppid(), signal.SIGTERM)  # the Celery parent: a warm shutdown, then it exits
+        os._exit(EXIT_DEVICE_FAULT)
 
     def stop(self) -> None:
         self._stop.set()
@@ -132,6 +190,11 @@ class WorkerRuntime:
 
     def info(self) -> dict[str, Any]:
         return {"name": self.name, "state": self.state, "device": self.device_label, "pid": os.getpid(),
+                "unhealthy_because": self.unhealthy_because,
+                "device_faults_in_a_row": self.device_health.faults_in_a_row() if self.device_health else 0,
+                # Items per forward pass of the analyzers that run in passes: lowered after running out of memory.
+                "pass_sizes": {name: a.items_per_pass for name, a in self.analyzers.items()
+                               if isinstance(a.items_per_pass, int)},
                 "analyzers": sorted(self.analyzers), "job": self.current_job, "heartbeat_at": time.time(),
                 "weights_sha256": {name: a.weights_sha256 for name, a in self.analyzers.items()},
                 # GPU memory and utilisation, relayed by the API's /metrics; None on a CPU worker.

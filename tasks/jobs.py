@@ -39,6 +39,8 @@ class JobRecord:
     attempts: int = 0
     #: The token of the job's current run (tasks/lifecycle.py): only its writes are accepted.
     fence: int = 0
+    #: Runs of the job whose GPU broke under them (``hand_back.lua``); such a job runs alone.
+    device_faults: int = 0
     worker: str | None = None
     device: str | None = None
     params: dict[str, Any] = field(default_factory=dict)
@@ -73,7 +75,7 @@ class JobRecord:
                     values.setdefault("unreadable", []).append(name)
             elif name in _FLOAT_FIELDS:
                 values[name] = float(value) if value else None
-            elif name in ("attempts", "fence"):
+            elif name in ("attempts", "fence", "device_faults"):
                 values[name] = int(value)
             else:
                 values[name] = value or None

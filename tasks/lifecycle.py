@@ -4,7 +4,7 @@
             accept.lua                 claim_lead.lua / gather.lua (token n+1)
   (none) ───────────────▶ queued ──────────────────────────────────────────▶ running
                            │  ▲                                                │ │ │
-              cancel.lua   │  │ requeue.lua (lock holder dead: token n+1)      │ │ │ progress.lua (token n)
+              cancel.lua   │  │ requeue.lua (holder dead) or hand_back.lua     │ │ │ progress.lua (token n)
                            │  └────────────────────────────────────────────────┘ │ │
                            ▼                                                      │ │ cancel.lua
                        canceled ◀── finish.lua (token n) / end_unowned.lua ── canceling
@@ -13,6 +13,10 @@
                                 exhausted), end_unowned.lua (worker lost, timeout) ◀┘
          (terminal; the record, then its tombstone, expire: 410, then 404)
 ```
+
+``requeue.lua`` gives back a job whose lock holder was found dead (token n+1);
+``hand_back.lua`` one whose GPU broke under its run, its attempt not counted, or
+fails it at its second such fault (``gpu_worker.device_faults``).
 
 Each arrow is one Lua script in ``tasks/lua/`` (``tasks.lua_scripts`` loads
 them by name), atomic in Redis, written with the shared fragments (push to
@@ -185,6 +189,22 @@ class Lifecycle:
     @staticmethod
     def parse_end(reply: list) -> FencedReply:
         return FencedReply.parse(reply)
+
+    # --- queued again: the run's GPU broke ------------------------------------------------
+
+    def queue_hand_back(self, batch: Pipelined, job_id: str, token: int, holder: str, *, queue: str,
+                        message: str, error: dict[str, Any], now: float, most_faults: int) -> int:
+        """Queue giving a job back after a device fault (``hand_back.lua``); read the reply with ``parse_end``.
+
+        The job goes back to ``queue`` as ``message``, its attempt not counted, unless this is its
+        ``most_faults``-th device fault: then it fails with ``error``.
+        """
+        return self._script("hand_back").queue(
+            batch, keys={**self._end_keys(job_id), "lock": keys.job_lock(job_id), "queue": queue,
+                         "queued_index": keys.queued_index(queue), "sequence": keys.queue_sequence(queue)},
+            args={"id": job_id, "token": token, "holder": holder, "message": message,
+                  "fields": _fields(self.end_fields(now, error=error)), "ttl": self.end_ttl,
+                  "most_faults": most_faults})
 
     # --- canceled -------------------------------------------------------------------------
 

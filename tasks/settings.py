@@ -106,6 +106,9 @@ class Settings:
     stream_max_seconds: float = 300.0
     #: Threads torch may use for its CPU work in each worker process (``gpu_worker.devices.limit_torch_threads``).
     torch_threads: int = 1
+    #: Model processes a worker starts in a row after its GPU broke (a sticky CUDA error), with no
+    #: batch run between them, before it stops for good (``gpu_worker.device_health``).
+    device_fault_restarts: int = 3
     #: ``off`` makes workers run every job alone (one job per ``predict``), for comparison and debugging.
     batching: str = "on"
     #: Seconds a worker's task event (for Flower) may wait so that later ones share its publish.

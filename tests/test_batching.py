@@ -13,6 +13,7 @@ import time
 import pytest
 from celery.exceptions import SoftTimeLimitExceeded
 
+from gpu_worker.device_faults import DeviceFault
 from gpu_worker.joblock import JobLock
 from gpu_worker.runner import JobFailed, JobRunner
 from tasks import keys
@@ -20,6 +21,7 @@ from tasks.app import queue_for
 from tasks.jobs import CANCELED, CANCELING, QUEUED, RUNNING, JobStore
 from tasks.submission import submit_job
 from tests.fixtures.batching import Batcher, Patient, batches
+from tests.fixtures.device_faults import BrokenGpu
 
 
 class CancelsOneMidBatch(Batcher):
@@ -176,6 +178,27 @@ def test_a_job_that_had_an_attempt_is_left_to_celery_and_runs_alone(make_runner,
     assert batches(redis_client) == [ids[:1], ids[1:2]]
     assert store.get(ids[1]).attempts == 2 and store.get(ids[1]).status == "succeeded"
     assert store.get(ids[2]).status == QUEUED
+
+
+def test_a_batch_whose_gpu_broke_goes_back_to_the_queue_and_its_jobs_then_run_alone(make_runner, submit, store,
+                                                                                   redis_client):
+    runner = make_runner(BrokenGpu)
+    ids = [submit({"n": n}, analyzer="brokengpu") for n in range(4)]
+    BrokenGpu.broken = True
+    try:
+        with pytest.raises(DeviceFault):
+            runner.run(deliver(redis_client, "brokengpu"))
+    finally:
+        BrokenGpu.broken = False
+    for job_id in ids:
+        record = store.get(job_id)
+        assert (record.status, record.attempts, record.device_faults) == (QUEUED, 0, 1)
+    assert redis_client.get(keys.job_lock(ids[0])) is None
+    # Each is now left to Celery and runs alone: if its input broke the GPU, it breaks no other job's run.
+    lead = deliver(redis_client, "brokengpu")
+    runner.run(lead)
+    assert runner.handled == [lead] and store.get(lead).status == "succeeded"
+    assert redis_client.llen(queue_for("brokengpu")) == 3
 
 
 def test_a_message_that_is_not_json_is_refused_and_the_batch_goes_on(make_runner, submit, store, redis_client):

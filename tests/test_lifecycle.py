@@ -124,6 +124,57 @@ def test_the_attempt_bound_fails_the_job_in_the_claim(store, new_job):
         "message"]
 
 
+def hand_back(store: JobStore, job_id: str, token: int, holder: str = OWNER):
+    batch = Pipelined(store.redis)
+    index = store.lifecycle.queue_hand_back(batch, job_id, token, holder, queue="gpuq.lifecycletest",
+                                            message=f"message-of-{job_id}", now=time.time(), most_faults=2,
+                                            error={"code": "device_error", "message": "the GPU broke twice"})
+    return store.lifecycle.parse_end(batch.execute()[index])
+
+
+def test_a_job_handed_back_after_a_device_fault_is_queued_again_without_an_attempt(store, redis_client, new_job):
+    job_id = new_job()
+    redis_client.delete("gpuq.lifecycletest")
+    token = claim(store, job_id)
+    back = hand_back(store, job_id, token)
+    assert back.written and back.status == QUEUED
+    record = store.get(job_id)
+    assert record.status == QUEUED and record.attempts == 0 and record.device_faults == 1
+    assert record.fence == token + 1  # the run that handed it back writes nothing more
+    assert redis_client.get(keys.job_lock(job_id)) is None
+    assert redis_client.lrange("gpuq.lifecycletest", 0, -1) == [f"message-of-{job_id}".encode()]
+    assert not finish(store, job_id, token).written
+
+
+def test_a_job_at_its_second_device_fault_fails_as_their_cause(store, new_job):
+    job_id = new_job()
+    hand_back(store, job_id, claim(store, job_id))
+    second = hand_back(store, job_id, claim(store, job_id, "v|2|2"), holder="v|2|2")
+    assert second.written and second.status == FAILED
+    record = store.get(job_id)
+    assert record.error["code"] == "device_error" and record.device_faults == 2 and record.attempts == 1
+
+
+def test_a_stale_or_ended_run_cannot_hand_its_job_back(store, new_job):
+    job_id = new_job()
+    stale = claim(store, job_id)
+    assert requeue(store, job_id)
+    current = claim(store, job_id, "v|2|2")
+    refused = hand_back(store, job_id, stale)
+    assert not refused.written and refused.lease_lost(stale)
+    assert finish(store, job_id, current).written
+    assert not hand_back(store, job_id, current, holder="v|2|2").written
+    assert store.get(job_id).status == SUCCEEDED and store.get(job_id).device_faults == 0
+
+
+def test_a_job_canceled_while_its_gpu_broke_ends_canceled(store, new_job):
+    job_id = new_job()
+    token = claim(store, job_id)
+    assert store.lifecycle.cancel(job_id)[0] == CANCELING
+    back = hand_back(store, job_id, token)
+    assert back.written and back.status == CANCELED and store.get(job_id).status == CANCELED
+
+
 def test_an_accept_sent_twice_writes_once_and_a_voided_id_is_refused(store, redis_client, celery_app):
     script = load("accept")
     job_id = "lifecycle-accept-twice"

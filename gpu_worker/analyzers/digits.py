@@ -70,7 +70,7 @@ class DigitsAnalyzer(Analyzer):
     max_wait_ms: ClassVar[int] = 5
     #: Frames per forward pass, whichever jobs they come from: a batch of many
     #: single images and one job with a long stack both run in passes of this size.
-    items_per_pass: ClassVar[int] = CHUNK_FRAMES
+    items_per_pass: int = CHUNK_FRAMES
     #: A 10-way softmax over a tiny CNN: half precision keeps the argmax (see
     #: tests/test_gpu_inference.py), and the softmax itself runs in float32.
     autocast_dtype: ClassVar[str | None] = "float16"

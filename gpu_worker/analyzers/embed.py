@@ -71,7 +71,7 @@ class EmbedAnalyzer(Analyzer):
     max_wait_ms: ClassVar[int] = 10
     #: Texts per forward pass, whichever jobs they come from: a batch of jobs of
     #: one text and one job of many texts both run in passes of this size.
-    items_per_pass: ClassVar[int] = TEXTS_PER_PASS
+    items_per_pass: int = TEXTS_PER_PASS
     #: Half precision keeps each vector within cosine 0.999 of float32 (see
     #: tests/test_gpu_inference.py); pooling and normalisation run in float32.
     autocast_dtype: ClassVar[str | None] = "float16"

@@ -1,20 +1,17 @@
 --! keys: job events running outbox input result
 --! args: id token status fields ttl result result_ttl
---! include: set_fields notify end_job
+--! include: set_fields notify end_job run_end
 -- succeeded or failed: a run's end, with its result, accepted only from the run holding
 -- the job's current token and only while the job runs, so a paused or cut-off runner
 -- whose job was given to another can never write, and an ended job never changes. The
 -- result goes to Celery's result backend key in the same step, only when the end is
 -- accepted. A job canceled while it ran ends canceled instead, its result discarded.
 -- Returns {1, status written, fence} or {0, status found, fence found}.
-local status = redis.call('HGET', KEY.job, 'status')
-if not status then return {0, '', ''} end
-local fence = redis.call('HGET', KEY.job, 'fence') or '0'
-if fence ~= ARG.token or (status ~= 'running' and status ~= 'canceling') then return {0, status, fence} end
+local may_end, status, fence = run_may_end(KEY.job, ARG.token)
+if not may_end then return {0, status, fence} end
 local fields = cjson.decode(ARG.fields)
 if status == 'canceling' then
-  end_job(ARG.id, KEY.job, 'canceled', {finished_at = fields['finished_at'], expires_at = fields['expires_at']},
-          ARG.ttl, KEY)
+  end_canceled_run(ARG.id, KEY.job, fields, ARG.ttl, KEY)
   return {1, 'canceled', fence}
 end
 if ARG.result ~= '' then

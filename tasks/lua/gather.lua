@@ -26,6 +26,7 @@ for _ = 1, tonumber(ARG.most) do
     if status ~= 'queued' then
       dropped[#dropped + 1] = id
     elseif (eta ~= nil and eta ~= cjson.null) or tonumber(redis.call('HGET', job, 'attempts') or '0') > 0
+        or tonumber(redis.call('HGET', job, 'device_faults') or '0') > 0
         or redis.call('EXISTS', ARG.lock_prefix .. id) == 1 then
       redis.call('RPUSH', KEY.queue, raw)
       stopped = 1
