@@ -29,6 +29,13 @@ The checks (``CHECKS``, in this order):
   variant without the wait is caught overwriting an input still being copied.
 - mixed-batch-precision: digits and embed batches of mixed jobs on the GPU in
   float16 and float32 against each job alone on the CPU (on a CPU: the CPU batch).
+- out-of-memory-splitting: real CUDA out-of-memory errors in digits' passes
+  (the device's memory capped): the pass size is halved until it fits, no job
+  fails, the failed passes' memory is given back, the pinned buffer is kept,
+  and the results equal those of the batch before.
+- sticky-error-recovery: a real device-side assert is taken for a device fault,
+  every later CUDA call of that process fails, ``predict_isolating`` raises
+  ``DeviceFault`` instead of splitting, and a freshly forked process runs digits.
 - nvml-cuda-same-gpu: NVML and CUDA name the same GPU under each index.
 - throughput-digits: bench/throughput.py, briefly, for single images and stacks.
 
@@ -730,13 +737,166 @@ def _ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
+# -- d. out-of-memory-splitting --------------------------------------------------------------
+
+#: Frames per job of the batch the check runs: four stacks, so passes cut across jobs.
+OOM_JOB_FRAMES = 1 << 16
+#: The pass size the check starts from, and the one it caps the device's memory to fit.
+OOM_START_PASS, OOM_FITTING_PASS = 1 << 18, 1 << 14
+
+
+def check_out_of_memory_splitting(ctx: Context) -> Verdict:
+    """Real CUDA out-of-memory errors in digits' passes: halved until they fit, memory given back, results kept."""
+    import numpy as np
+    import torch
+
+    from gpu_worker.analyzer import Item
+    from gpu_worker.isolation import predict_isolating
+
+    analyzer = _analyzer("digits", "cuda:0", "fp32")  # float32: results of passes of other sizes agree closely
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    rng = np.random.default_rng(7)
+    jobs = [_npy(rng.random((OOM_JOB_FRAMES, 8, 8), dtype=np.float32) * 16) for _ in range(4)]
+
+    def batch() -> list:
+        return [Item(f"stack{i}", data, "application/x-npy") for i, data in enumerate(jobs)]
+
+    reference = predict_isolating(analyzer, batch())  # passes of 256: nothing near the limit
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    per_frame = _bytes_per_frame(analyzer)
+    total = torch.cuda.get_device_properties(0).total_memory
+    cap = before + per_frame * OOM_FITTING_PASS * 3 // 2  # the fitting pass, with room; never twice it
+    torch.cuda.set_per_process_memory_fraction(cap / total, 0)
+    torch.cuda.empty_cache()
+    analyzer.items_per_pass = OOM_START_PASS
+    outputs = predict_isolating(analyzer, batch())
+    after = torch.cuda.memory_allocated()
+    buffer_after, _ = analyzer.staging._slots["frames"]
+    again = predict_isolating(analyzer, batch())
+    buffer_again, _ = analyzer.staging._slots["frames"]
+    torch.cuda.set_per_process_memory_fraction(1.0, 0)
+    failed = [o for o in [*outputs, *again] if isinstance(o, BaseException)]
+    figures = {"bytes_per_frame": per_frame, "cap_bytes": cap, "pass_size_after": analyzer.items_per_pass,
+               "allocated_before": before, "allocated_after": after, "failed_jobs": len(failed),
+               "worst_probability_difference": max(_worst_difference(reference, outputs),
+                                                   _worst_difference(reference, again))}
+    if failed:
+        return Verdict(FAIL, f"{len(failed)} jobs failed instead of running in smaller passes: {failed[0]}", figures)
+    if analyzer.items_per_pass >= OOM_START_PASS:
+        return Verdict(FAIL, f"no pass ran out of memory under a cap of {cap / 2**20:.0f} MiB: nothing was shown",
+                       figures)
+    if after > before + (1 << 20):
+        return Verdict(FAIL, f"{(after - before) / 2**20:.1f} MiB more allocated after the batch than before: "
+                             "a failed pass's memory was kept", figures)
+    if buffer_again.data_ptr() != buffer_after.data_ptr() or not buffer_again.is_pinned():
+        return Verdict(FAIL, "the pinned staging buffer did not survive the out-of-memory errors", figures)
+    if figures["worst_probability_difference"] > 1e-4:
+        return Verdict(FAIL, "results after the out-of-memory errors differ from the batch before by "
+                             f"{figures['worst_probability_difference']:.2g}", figures)
+    return Verdict(PASS, f"passes of {OOM_START_PASS} frames under a {cap / 2**20:.0f} MiB cap: halved to "
+                         f"{analyzer.items_per_pass} with no job failed; allocated memory back to "
+                         f"{after / 2**20:.1f} MiB (was {before / 2**20:.1f}); the pinned buffer kept; the batch and "
+                         f"the next one equal the batch before within {figures['worst_probability_difference']:.1g}",
+                   figures)
+
+
+def _bytes_per_frame(analyzer) -> int:
+    """Device memory one frame of a pass takes at its peak, measured on a pass of 4,096 frames."""
+    import numpy as np
+    import torch
+
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    with torch.inference_mode():
+        analyzer._finish(analyzer._launch(np.zeros((4096, 8, 8), np.float32)))
+    return max(1, (torch.cuda.max_memory_allocated() - base) // 4096)
+
+
+def _worst_difference(reference: list, outputs: list) -> float:
+    worst = 0.0
+    for ref, out in zip(reference, outputs, strict=True):
+        if isinstance(out, BaseException):
+            continue
+        for (ref_digit, ref_p), (digit, p) in zip(_frame_rows(ref), _frame_rows(out), strict=True):
+            worst = max(worst, 1.0 if digit != ref_digit else abs(p[0] - ref_p[0]))
+    return worst
+
+
+# -- e. sticky-error-recovery ----------------------------------------------------------------
+
+
+def check_sticky_error_recovery(ctx: Context) -> Verdict:
+    """A real device-side assert: taken for a device fault, sticky in its process, gone in a fresh fork."""
+    broken = in_forked_child(_break_the_context, FORK_SECONDS)
+    if not broken["ok"]:
+        return Verdict(FAIL, f"the process that sets off a device-side assert failed: {broken['error']}")
+    found = broken["value"]
+    fresh = in_forked_child(lambda: _digits_seven_on("cuda:0"), FORK_SECONDS)
+    figures = {"broken_process": found, "fresh_process": fresh}
+    if not found["classified_as_device_fault"]:
+        return Verdict(FAIL, f"the device-side assert was not taken for a device fault: {found['error']}", figures)
+    if not found["later_call_failed"]:
+        return Verdict(FAIL, "a CUDA call after the assert worked: the error was not sticky, so this check "
+                             "shows nothing about recovery", figures)
+    if found["isolating_raised"] != "DeviceFault":
+        return Verdict(FAIL, f"predict_isolating on the broken context gave {found['isolating_raised']}, "
+                             "not DeviceFault: its jobs would fail", figures)
+    if not fresh["ok"] or fresh["value"]["digit"] != 7:
+        return Verdict(FAIL, f"a fresh process forked after the fault could not run digits: {fresh}", figures)
+    return Verdict(PASS, f"{found['error']!r} is a device fault; the next CUDA call in that process failed too "
+                         "and predict_isolating raised DeviceFault without splitting; a fresh forked process "
+                         "ran digits on cuda:0 (seven.png -> 7)", figures)
+
+
+def _break_the_context() -> dict[str, Any]:
+    """In a forked child: digits works, then an out-of-bounds index sets off a device-side assert."""
+    import torch
+
+    from gpu_worker.analyzer import Item
+    from gpu_worker.analyzers.digits import DigitsAnalyzer
+    from gpu_worker.device_faults import DeviceFault, is_device_fault
+    from gpu_worker.isolation import predict_isolating
+
+    analyzer = DigitsAnalyzer()
+    analyzer.setup("cuda:0")
+    seven = [Item("seven", SEVEN_PNG.read_bytes(), "image/png")]
+    assert analyzer.predict(seven)[0]["digit"] == 7
+    found: dict[str, Any] = {}
+    try:
+        values = torch.zeros(4, device="cuda:0")
+        values[torch.tensor([1 << 20], device="cuda:0")].sum().item()  # out of bounds: asserts on the device
+        torch.cuda.synchronize()
+        found["error"] = None
+    except Exception as error:
+        found["error"] = str(error).strip().splitlines()[0]
+        found["error_type"] = type(error).__name__
+        found["classified_as_device_fault"] = is_device_fault(error)
+    try:
+        _cuda_op()
+        found["later_call_failed"] = False
+    except Exception:
+        found["later_call_failed"] = True
+    try:
+        outcome = predict_isolating(analyzer, seven * 4)
+        found["isolating_raised"] = f"no exception: {[type(o).__name__ for o in outcome]}"
+    except DeviceFault:
+        found["isolating_raised"] = "DeviceFault"
+    except Exception as error:
+        found["isolating_raised"] = type(error).__name__
+    found.setdefault("classified_as_device_fault", False)
+    return found
+
+
 # -- the checks, in the order they run -------------------------------------------------------
 
-# out-of-memory-splitting and sticky-error-recovery join this list, a function and a line each.
 CHECKS = [
     Check("cuda-untouched-before-fork", check_cuda_untouched_before_fork, seconds=150),
     Check("pinned-buffer-race", check_pinned_buffer_race, seconds=60, gpu_only=True),
     Check("mixed-batch-precision", check_mixed_batch_precision, seconds=180),
+    Check("out-of-memory-splitting", check_out_of_memory_splitting, seconds=120, gpu_only=True),
+    Check("sticky-error-recovery", check_sticky_error_recovery, seconds=120, gpu_only=True),
     Check("nvml-cuda-same-gpu", check_nvml_cuda_same_gpu, seconds=60, gpu_only=True),
     Check("throughput-digits", check_throughput_digits, seconds=300),
 ]

@@ -41,6 +41,10 @@ def predict_isolating(analyzer: Analyzer, items: list[Item]) -> list[Any]:
     """One result or exception per item, in order; raises only ``DeviceFault``."""
     outcome = _attempt(analyzer, items)
     if not isinstance(outcome, BaseException):
+        # An analyzer that caught CUDA's error and put it in an item's slot broke the device all the same.
+        fault = next((o for o in outcome if isinstance(o, BaseException) and is_device_fault(o)), None)
+        if fault is not None:
+            raise DeviceFault(_first_line(fault)) from fault
         return outcome
     if isinstance(outcome, SoftTimeLimitExceeded):
         return [outcome] * len(items)
@@ -85,7 +89,10 @@ def _let_go(error: BaseException) -> None:
         current = current.__cause__ or current.__context__
     torch = sys.modules.get("torch")  # an analyzer that never imported torch has no device memory
     if torch is not None and torch.cuda.is_initialized():
-        torch.cuda.empty_cache()
+        try:
+            torch.cuda.empty_cache()
+        except Exception:  # a broken context (a device fault) cannot: the process is replaced anyway
+            log.debug("could not empty the device's cache", exc_info=True)
 
 
 def _halve_passes(analyzer: Analyzer, error: BaseException) -> bool:

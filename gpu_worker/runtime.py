@@ -119,9 +119,9 @@ class WorkerRuntime:
                            run_on_seconds=min(5.0, settings.job_time_limit / 20),
                            fair_share_seconds=min(1.0, settings.job_time_limit / 20),
                            host_cores=host_cores if cores is not None else None)
+        # Not cleared here: Celery may fork a fresh process even while the worker stops for its GPU,
+        # and the launcher must still read why. It clears the record when it starts the worker.
         health = DeviceHealth.for_worker(name, environ)
-        if health.stopped_because():  # started again by hand after it stopped for its GPU
-            health.clear()
         runtime = cls(name=name, settings=settings, redis=redis, device=device, device_label=label,
                       analyzers=analyzers, runner=runner, gpu=GpuProbe.for_worker(device, environ),
                       device_health=health)

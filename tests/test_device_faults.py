@@ -79,3 +79,29 @@ def test_without_the_launcher_the_count_lives_in_the_temporary_folder(tmp_path, 
     monkeypatch.setattr(tempfile, "tempdir", None)
     health = DeviceHealth.for_worker("gpu0@host/a", {})
     assert health.path.parent == tmp_path and "/" not in health.path.name
+
+
+def test_a_broken_context_that_cannot_even_empty_its_cache_still_gives_a_device_fault(monkeypatch):
+    # On a GPU every CUDA call after a sticky error fails, emptying the allocator's cache too.
+    def empty_cache():
+        raise torch.AcceleratorError(DEVICE_ASSERT)
+
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "empty_cache", empty_cache)
+    analyzer = BrokenGpu()
+    BrokenGpu.broken = True
+    try:
+        with pytest.raises(DeviceFault):
+            predict_isolating(analyzer, [Item(job_id="j", data={}, media_type=None)])
+    finally:
+        BrokenGpu.broken = False
+
+
+def test_a_device_fault_returned_in_an_item_s_slot_is_a_device_fault_too():
+    class CatchesItsErrors(BrokenGpu):
+        def predict(self, batch):
+            return [torch.AcceleratorError(DEVICE_ASSERT) if item.data.get("bad") else {} for item in batch]
+
+    batch = [Item(job_id="a", data={}, media_type=None), Item(job_id="b", data={"bad": True}, media_type=None)]
+    with pytest.raises(DeviceFault, match="device-side assert"):
+        predict_isolating(CatchesItsErrors(), batch)
