@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import sys
 
-__all__ = ["FAULTS_BEFORE_FAILING_A_JOB", "DeviceFault", "is_device_fault", "is_out_of_memory"]
+__all__ = ["FAULTS_BEFORE_FAILING_A_JOB", "DeviceFault", "context_broken", "is_device_fault", "is_out_of_memory"]
 
 #: Device faults under one job before it is taken for their cause and failed (``device_error``):
 #: a GPU that broke once under a batch goes on to break under the same input in a fresh process
@@ -66,11 +66,30 @@ def is_device_fault(error: BaseException) -> bool:
     """Whether ``error``, or an error it was raised from, is a sticky device error.
 
     An analyzer may wrap CUDA's error in its own (``raise AnalyzerError(...) from
-    error``): the chain is searched. Out of memory is never a fault.
+    error``): the chain is searched. An out-of-memory error is never a fault, but a
+    sticky error met while handling one is.
     """
-    if is_out_of_memory(error):
-        return False
-    return any(isinstance(e, DeviceFault) or _is_sticky(e) for e in _chain(error))
+    return any(not _names_out_of_memory(e) and (isinstance(e, DeviceFault) or _is_sticky(e))
+               for e in _chain(error))
+
+
+def context_broken() -> bool:
+    """Whether this process's CUDA context is unusable, asked by a tiny operation on the device.
+
+    CUDA's non-sticky errors (an invalid launch configuration, a library's internal
+    error that was really a lack of memory) look alike from their messages; the context
+    tells them apart: after a sticky error every call fails. Without an initialised CUDA
+    context there is nothing to ask, and the error is taken at its word.
+    """
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_initialized():
+        return True
+    try:
+        torch.ones(1, device=torch.device("cuda", torch.cuda.current_device())).add_(1).cpu()
+        torch.cuda.synchronize()
+    except Exception:
+        return True
+    return False
 
 
 def _chain(error: BaseException) -> list[BaseException]:

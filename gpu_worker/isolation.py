@@ -11,12 +11,14 @@ analyzer that runs in passes (``items_per_pass``) gets its pass size halved,
 down to one item, and the same batch runs again; the smaller size stays for
 the next batches (until the model process restarts), and the worker reports it
 (``gpuq_analyzer_pass_size``). Only when passes of one item do not fit is the
-batch split by jobs, and a job too large for the device fails alone.
+batch split by jobs, and a job too large for the device fails alone (the pass
+size then goes back to what it was: that job, not the passes, was too large).
 
 A failed attempt's memory is given back before the next one: its exception
 leaves the ``except`` clause before any retry, with its frames' locals (the
-failed pass's tensors) cleared, and the device's cache is emptied. A sticky
-device error (``gpu_worker.device_faults``) is not retried at all: it raises
+failed pass's tensors) cleared, and after running out of memory the device's
+cache is emptied. A sticky device error (``gpu_worker.device_faults``, confirmed
+by a tiny operation on the device failing too) is not retried at all: it raises
 ``DeviceFault`` and the batch goes back to the queue.
 """
 
@@ -30,7 +32,7 @@ from typing import Any
 from celery.exceptions import SoftTimeLimitExceeded
 
 from gpu_worker.analyzer import Analyzer, AnalyzerError, Item
-from gpu_worker.device_faults import DeviceFault, is_device_fault, is_out_of_memory
+from gpu_worker.device_faults import DeviceFault, context_broken, is_device_fault, is_out_of_memory
 
 __all__ = ["predict_isolating"]
 
@@ -38,24 +40,41 @@ log = logging.getLogger("gpuq.isolation")
 
 
 def predict_isolating(analyzer: Analyzer, items: list[Item]) -> list[Any]:
-    """One result or exception per item, in order; raises only ``DeviceFault``."""
+    """One result or exception per item, in order; raises only ``DeviceFault``.
+
+    If passes of one item still run out of memory, the pass size goes back to what
+    it was: the job was too large, not the passes, and the next batches need not pay for it.
+    """
+    size = getattr(analyzer, "items_per_pass", None)
+    outputs = _isolating(analyzer, items)
+    if isinstance(size, int) and size > 1 and analyzer.items_per_pass == 1 and any(
+            isinstance(o, BaseException) and is_out_of_memory(o) for o in outputs):
+        analyzer.items_per_pass = size
+        log.warning("analyzer %s: a job ran out of device memory alone, in passes of one item; passes of %d "
+                    "again", analyzer.name, size)
+    return outputs
+
+
+def _isolating(analyzer: Analyzer, items: list[Item]) -> list[Any]:
     outcome = _attempt(analyzer, items)
     if not isinstance(outcome, BaseException):
         # An analyzer that caught CUDA's error and put it in an item's slot broke the device all the same.
         fault = next((o for o in outcome if isinstance(o, BaseException) and is_device_fault(o)), None)
-        if fault is not None:
+        if fault is not None and context_broken():
             raise DeviceFault(_first_line(fault)) from fault
         return outcome
     if isinstance(outcome, SoftTimeLimitExceeded):
         return [outcome] * len(items)
-    if is_device_fault(outcome):
+    if is_device_fault(outcome) and context_broken():
         raise DeviceFault(_first_line(outcome)) from outcome
-    if is_out_of_memory(outcome) and _halve_passes(analyzer, outcome):
-        return predict_isolating(analyzer, items)
+    if is_out_of_memory(outcome):
+        _empty_device_cache()
+        if _halve_passes(analyzer, outcome):
+            return _isolating(analyzer, items)
     if len(items) == 1:
         return [outcome]
     middle = len(items) // 2
-    return predict_isolating(analyzer, items[:middle]) + predict_isolating(analyzer, items[middle:])
+    return _isolating(analyzer, items[:middle]) + _isolating(analyzer, items[middle:])
 
 
 def _attempt(analyzer: Analyzer, items: list[Item]) -> list[Any] | BaseException:
@@ -73,12 +92,11 @@ def _attempt(analyzer: Analyzer, items: list[Item]) -> list[Any] | BaseException
 
 
 def _let_go(error: BaseException) -> None:
-    """Free what a failed attempt held: its frames' locals, and the device's cached blocks.
+    """Free what a failed attempt held: its frames' locals.
 
     The traceback keeps each frame it passed through, and each frame its locals: the
     pass's inputs and activations. Cleared, the traceback still names files and lines
-    (for the log), but holds no tensor. Then the allocator's cache goes back to the device,
-    for the next attempt and for other processes on the GPU.
+    (for the log), but holds no tensor.
     """
     seen: set[int] = set()
     current: BaseException | None = error
@@ -87,11 +105,16 @@ def _let_go(error: BaseException) -> None:
         if current.__traceback__ is not None:
             traceback.clear_frames(current.__traceback__)
         current = current.__cause__ or current.__context__
+
+
+def _empty_device_cache() -> None:
+    """After running out of memory: the allocator's cached blocks back to the device, for the
+    next attempt and for other processes on the GPU (a failed pass's own were let go before)."""
     torch = sys.modules.get("torch")  # an analyzer that never imported torch has no device memory
     if torch is not None and torch.cuda.is_initialized():
         try:
             torch.cuda.empty_cache()
-        except Exception:  # a broken context (a device fault) cannot: the process is replaced anyway
+        except Exception:  # a context broken meanwhile: the next attempt will say so
             log.debug("could not empty the device's cache", exc_info=True)
 
 

@@ -36,6 +36,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -127,6 +128,8 @@ class _Claiming:
 
     #: Set once the current batch's ``predict`` has ended (or failed): the claim waits no longer.
     predicted: threading.Event
+    #: Set when the GPU broke under the current batch: a claim not yet made is not made.
+    abandoned: threading.Event
     #: The claimed jobs (a list of ``_Claimed``, empty when none waited).
     future: Future
 
@@ -199,11 +202,16 @@ class JobRunner:
         #: the metrics itself; the runtime records the others from their records.
         self.handled: list[str] = []
         self.observed: set[str] = set()
-        #: Batches the last ``run`` ran ``predict`` on to the end (the device worked).
+        #: Batches this process ran ``predict`` on to the end (its device worked).
         self.batches_run = 0
+        #: The device fault a batch met, once one did: this process can run nothing more.
+        self.device_broken: DeviceFault | None = None
+        #: Whether a device fault now is counted on the batch's jobs (``hand_back.lua``); the
+        #: runtime says not when that fault would stop the worker, its GPU taken for the cause.
+        self.blame_jobs: Callable[[], bool] = lambda: True
 
     def run(self, job_id: str) -> None:
-        self.handled, self.observed, self.batches_run = [job_id], set(), 0
+        self.handled, self.observed = [job_id], set()
         began = time.monotonic()
         lead = self._claim_lead(job_id, owner_of(self.worker))
         if lead is None:
@@ -276,17 +284,19 @@ class JobRunner:
         the clients of the batch just recorded, then join the next batch rather
         than the one after it. The recorder thread runs it after the last batch's end.
         """
-        predicted = threading.Event()
+        predicted, abandoned = threading.Event(), threading.Event()
         due = time.monotonic() + max(0.0, predict_seconds - CLAIM_MARGIN * self._claim_seconds)
 
         def claim() -> list[_Claimed]:
             predicted.wait(max(0.0, due - time.monotonic()))
+            if abandoned.is_set():
+                return []
             began = time.monotonic()
             claimed = self._claim_waiting(analyzer, holder, wait=0.0)
             self._claim_seconds = time.monotonic() - began
             return claimed
 
-        return _Claiming(predicted, self._recorder().submit(claim))
+        return _Claiming(predicted, abandoned, self._recorder().submit(claim))
 
     def _recorder(self) -> ThreadPoolExecutor:
         """The one thread that records ended batches, started on first use.
@@ -316,25 +326,33 @@ class JobRunner:
         try:
             return step()
         except BaseException as error:
+            fault = error if isinstance(error, DeviceFault) else None
+            unran: list[_Claimed] = []  # claimed for the next batch: never on the broken device
             if claiming is not None:
+                if fault is not None:
+                    claiming.abandoned.set()
                 claiming.predicted.set()
                 try:
-                    held = [*held, *claiming.future.result()]
+                    unran = claiming.future.result()
                 except Exception:  # Redis gone: what that claim took is left to the lock's TTL
                     log.warning("could not learn which jobs were claimed for the next batch", exc_info=True)
-            if isinstance(error, DeviceFault):
-                self._hand_back(held, error)
+            if fault is None:
+                self._release([*held, *unran])
             else:
-                self._release(held)
+                self.device_broken = fault
+                self._hand_back(held, unran, fault)
             raise
 
-    def _hand_back(self, held: list[_Claimed], fault: DeviceFault) -> None:
-        """Every job of ``held`` back to its queue after the GPU broke, its attempt not counted.
+    def _hand_back(self, ran: list[_Claimed], unran: list[_Claimed], fault: DeviceFault) -> None:
+        """Every job of ``ran`` and ``unran`` back to its queue after the GPU broke, its attempt not counted.
 
-        A job at its ``FAULTS_BEFORE_FAILING_A_JOB``-th device fault fails instead
-        (``device_error``); one canceled meanwhile ends canceled. If Redis cannot be
-        reached the locks are released, and the janitor delivers the jobs again.
+        The fault is counted on the jobs that ran when it struck (unless ``blame_jobs``
+        says the GPU is taken for the cause), and a job at its ``FAULTS_BEFORE_FAILING_A_JOB``-th
+        fails instead (``device_error``); one canceled meanwhile ends canceled. If Redis
+        cannot be reached the locks are released, and the janitor delivers the jobs again.
         """
+        blamed, ran_ids = self.blame_jobs(), {claimed.job_id for claimed in ran}
+        held = [*ran, *unran]
         if not held:
             return
         error = {"code": "device_error", "message": (
@@ -348,7 +366,7 @@ class JobRunner:
                 sent[claimed.job_id] = self.lifecycle.queue_hand_back(
                     writes, claimed.job_id, claimed.token, claimed.holder, queue=queue,
                     message=job_message(self.backend.app, claimed.job_id, analyzer, queue), error=error, now=now,
-                    most_faults=FAULTS_BEFORE_FAILING_A_JOB)
+                    most_faults=FAULTS_BEFORE_FAILING_A_JOB, blame=blamed and claimed.job_id in ran_ids)
             replies = writes.execute()
         except Exception:
             log.warning("could not give back the jobs of a batch whose GPU broke; left to the janitor", exc_info=True)

@@ -125,6 +125,7 @@ class WorkerRuntime:
         runtime = cls(name=name, settings=settings, redis=redis, device=device, device_label=label,
                       analyzers=analyzers, runner=runner, gpu=GpuProbe.for_worker(device, environ),
                       device_health=health)
+        runner.blame_jobs = runtime._blame_jobs
         runtime._beat()  # publishes the analyzers' specs too
         runtime._heartbeat = threading.Thread(target=runtime._beat_forever, name="gpuq-heartbeat", daemon=True)
         runtime._heartbeat.start()
@@ -139,47 +140,60 @@ class WorkerRuntime:
         with logs.job_context(job_id):
             try:
                 self.runner.run(job_id)
-            except DeviceFault as fault:  # the batch was given back: this process can run nothing more
-                self._end_for_device_fault(fault)
             finally:
+                # Whatever was raised on the way out: once a batch met a device fault, this process ends.
+                if self.runner.device_broken is not None:
+                    self._end_for_device_fault(self.runner.device_broken)
                 self.state, self.current_job = READY, None
                 unobserved = [i for i in self.runner.handled if i not in self.runner.observed]
                 record_finished_jobs(self.runner.store, unobserved, since=began)
+                self._settle_fault_streak()
+
+    def _settle_fault_streak(self) -> None:
+        """A batch ran on the device since the last fault: the next one starts a new streak."""
         if self._faults_unsettled and self.runner.batches_run and self.device_health is not None:
             self.device_health.record_batch_run()
             self._faults_unsettled = False
+
+    def _blame_jobs(self) -> bool:
+        """Whether a device fault now is counted on the jobs it struck: not when it is the fault that
+        stops the worker, whose GPU is then taken for the cause (the jobs run elsewhere, uncounted)."""
+        if self.runner.batches_run or self.device_health is None:
+            return True  # the device worked in this process: this fault starts a new streak
+        return self.device_health.faults_in_a_row() + 1 < self.settings.device_fault_restarts
 
     def _end_for_device_fault(self, fault: DeviceFault) -> NoReturn:
         """End this process after its GPU broke; after too many in a row, the whole worker.
 
         The heartbeat says why first, so the API stops counting this worker at once
-        rather than after its heartbeat expires.
+        rather than after its heartbeat expires. The process ends whatever fails on the way.
         """
-        assert self.device_health is not None
-        faults = self.device_health.record_fault(str(fault))
-        bound = self.settings.device_fault_restarts
-        self.state = UNHEALTHY
-        self.unhealthy_because = f"its GPU failed ({fault}); {faults} time(s) in a row of at most {bound}"
-        stopping = faults >= bound
-        if stopping:
-            reason = (f"gpuq worker {self.name} stops: its GPU failed {faults} times in a row, each time in a "
-                      f"fresh model process (the last: {fault}); check the GPU (nvidia-smi, the kernel log's "
-                      f"Xid messages) before starting it again")
-            self.device_health.record_stop(reason)
-            log.critical("%s", reason)
-            print(reason, file=sys.stderr, flush=True)
-        else:
-            log.error("%s: the GPU failed under a batch (%s); its jobs went back to the queue and this model "
-                      "process ends, for a fresh one (%d of %d in a row)", self.name, fault, faults, bound)
         try:
-            self._beat()
-        except Exception:  # Redis away: the heartbeat expires instead
-            pass
-        self.runner.member_events.close()  # os._exit skips the shutdown signal that would flush them
-        logging.shutdown()
-        if stopping:
-            os.kill(os.getppid(), signal.SIGTERM)  # the Celery parent: a warm shutdown, then it exits
-        os._exit(EXIT_DEVICE_FAULT)
+            self._settle_fault_streak()
+            faults = self.device_health.record_fault(str(fault)) if self.device_health is not None else 1
+            bound = self.settings.device_fault_restarts
+            self.state = UNHEALTHY
+            self.unhealthy_because = f"its GPU failed ({fault}); {faults} time(s) in a row of at most {bound}"
+            if faults >= bound:
+                reason = (f"gpuq worker {self.name} stops: its GPU failed {faults} times in a row, each time in "
+                          f"a fresh model process (the last: {fault}); check the GPU (nvidia-smi, the kernel "
+                          f"log's Xid messages) before starting it again")
+                if self.device_health is not None:
+                    self.device_health.record_stop(reason)
+                log.critical("%s", reason)
+                print(reason, file=sys.stderr, flush=True)
+                os.kill(os.getppid(), signal.SIGTERM)  # the Celery parent: a warm shutdown, then it exits
+            else:
+                log.error("%s: the GPU failed under a batch (%s); its jobs went back to the queue and this model "
+                          "process ends, for a fresh one (%d of %d in a row)", self.name, fault, faults, bound)
+            try:
+                self._beat()
+            except Exception:  # Redis away: the heartbeat expires instead
+                pass
+            self.runner.member_events.close()  # os._exit skips the shutdown signal that would flush them
+            logging.shutdown()
+        finally:
+            os._exit(EXIT_DEVICE_FAULT)
 
     def stop(self) -> None:
         self._stop.set()
@@ -193,8 +207,8 @@ class WorkerRuntime:
                 "unhealthy_because": self.unhealthy_because,
                 "device_faults_in_a_row": self.device_health.faults_in_a_row() if self.device_health else 0,
                 # Items per forward pass of the analyzers that run in passes: lowered after running out of memory.
-                "pass_sizes": {name: a.items_per_pass for name, a in self.analyzers.items()
-                               if isinstance(a.items_per_pass, int)},
+                "pass_sizes": {name: size for name, a in self.analyzers.items()
+                               if isinstance(size := getattr(a, "items_per_pass", None), int)},
                 "analyzers": sorted(self.analyzers), "job": self.current_job, "heartbeat_at": time.time(),
                 "weights_sha256": {name: a.weights_sha256 for name, a in self.analyzers.items()},
                 # GPU memory and utilisation, relayed by the API's /metrics; None on a CPU worker.

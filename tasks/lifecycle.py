@@ -193,18 +193,18 @@ class Lifecycle:
     # --- queued again: the run's GPU broke ------------------------------------------------
 
     def queue_hand_back(self, batch: Pipelined, job_id: str, token: int, holder: str, *, queue: str,
-                        message: str, error: dict[str, Any], now: float, most_faults: int) -> int:
+                        message: str, error: dict[str, Any], now: float, most_faults: int, blame: bool) -> int:
         """Queue giving a job back after a device fault (``hand_back.lua``); read the reply with ``parse_end``.
 
-        The job goes back to ``queue`` as ``message``, its attempt not counted, unless this is its
-        ``most_faults``-th device fault: then it fails with ``error``.
+        The job goes back to ``queue`` as ``message``, its attempt not counted; with ``blame``
+        the fault is counted on it, and at its ``most_faults``-th it fails with ``error`` instead.
         """
         return self._script("hand_back").queue(
             batch, keys={**self._end_keys(job_id), "lock": keys.job_lock(job_id), "queue": queue,
                          "queued_index": keys.queued_index(queue), "sequence": keys.queue_sequence(queue)},
             args={"id": job_id, "token": token, "holder": holder, "message": message,
                   "fields": _fields(self.end_fields(now, error=error)), "ttl": self.end_ttl,
-                  "most_faults": most_faults})
+                  "most_faults": most_faults, "blame": "1" if blame else "0"})
 
     # --- canceled -------------------------------------------------------------------------
 

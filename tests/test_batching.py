@@ -11,6 +11,7 @@ import threading
 import time
 
 import pytest
+import torch
 from celery.exceptions import SoftTimeLimitExceeded
 
 from gpu_worker.device_faults import DeviceFault
@@ -199,6 +200,32 @@ def test_a_batch_whose_gpu_broke_goes_back_to_the_queue_and_its_jobs_then_run_al
     runner.run(lead)
     assert runner.handled == [lead] and store.get(lead).status == "succeeded"
     assert redis_client.llen(queue_for("brokengpu")) == 3
+
+
+class BreaksOnItsSecondBatch(Batcher):
+    """Runs batches until its second, under which its GPU breaks (a sticky CUDA error)."""
+
+    name = "breaks"
+
+    def predict(self, batch):
+        if len(batches(self.redis, self.name)) == 1:
+            self.redis.rpush(f"test:batches:{self.name}", json.dumps([item.job_id for item in batch]))
+            time.sleep(0.3)  # long enough for the next batch to be claimed meanwhile
+            raise torch.AcceleratorError("CUDA error: an illegal memory access was encountered")
+        return super().predict(batch)
+
+
+def test_a_fault_while_running_on_counts_only_on_the_batch_it_struck(make_runner, submit, store, redis_client):
+    runner = make_runner(BreaksOnItsSecondBatch)
+    ids = [submit({"n": n}, analyzer="breaks") for n in range(24)]
+    with pytest.raises(DeviceFault):
+        runner.run(deliver(redis_client, "breaks"))
+    first, struck = batches(redis_client, "breaks")
+    assert all(store.get(i).status == "succeeded" for i in first)
+    assert runner.device_broken is not None and runner.batches_run == 1
+    faults = {i: store.get(i).device_faults for i in ids if i not in first}
+    assert {i for i, n in faults.items() if n} == set(struck)  # the batch claimed meanwhile never ran: not blamed
+    assert all(store.get(i).status == QUEUED and store.get(i).attempts == 0 for i in faults)
 
 
 def test_a_message_that_is_not_json_is_refused_and_the_batch_goes_on(make_runner, submit, store, redis_client):

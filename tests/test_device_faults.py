@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from gpu_worker import isolation
 from gpu_worker.analyzer import AnalyzerError, Item
-from gpu_worker.device_faults import DeviceFault, is_device_fault
+from gpu_worker.device_faults import DeviceFault, context_broken, is_device_fault
 from gpu_worker.device_health import DeviceHealth
 from gpu_worker.isolation import predict_isolating
 from tests.fixtures.device_faults import DEVICE_ASSERT, BrokenGpu
@@ -45,6 +46,17 @@ def test_a_job_s_own_failures_are_not_device_faults(error):
     assert not is_device_fault(error)
 
 
+def test_a_sticky_error_met_while_handling_an_out_of_memory_error_is_a_device_fault():
+    try:
+        try:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        except RuntimeError:
+            raise torch.AcceleratorError("CUDA error: an illegal memory access was encountered") from None
+    except RuntimeError as error:
+        error.__context__ = torch.cuda.OutOfMemoryError("CUDA out of memory.")
+        assert is_device_fault(error)
+
+
 def test_a_batch_whose_gpu_broke_is_not_split_or_retried():
     analyzer = BrokenGpu()
     calls = []
@@ -81,20 +93,26 @@ def test_without_the_launcher_the_count_lives_in_the_temporary_folder(tmp_path, 
     assert health.path.parent == tmp_path and "/" not in health.path.name
 
 
-def test_a_broken_context_that_cannot_even_empty_its_cache_still_gives_a_device_fault(monkeypatch):
-    # On a GPU every CUDA call after a sticky error fails, emptying the allocator's cache too.
-    def empty_cache():
-        raise torch.AcceleratorError(DEVICE_ASSERT)
-
+def test_the_context_is_asked_whether_it_is_broken(monkeypatch):
+    assert context_broken()  # no CUDA context here: a sticky-looking error is taken at its word
+    # A context that cannot run a tiny operation is broken (on this CPU build every CUDA call fails).
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
-    monkeypatch.setattr(torch.cuda, "empty_cache", empty_cache)
-    analyzer = BrokenGpu()
-    BrokenGpu.broken = True
-    try:
-        with pytest.raises(DeviceFault):
-            predict_isolating(analyzer, [Item(job_id="j", data={}, media_type=None)])
-    finally:
-        BrokenGpu.broken = False
+    assert context_broken()
+
+
+def test_a_cuda_error_the_context_survived_is_the_batch_s_own_failure(monkeypatch):
+    # "invalid configuration argument" leaves the context usable: split and failed as any other error.
+    monkeypatch.setattr(isolation, "context_broken", lambda: False)
+
+    class BadLaunch(BrokenGpu):
+        def predict(self, batch):
+            if any(item.data.get("bad") for item in batch):
+                raise torch.AcceleratorError("CUDA error: invalid configuration argument")
+            return [{} for _ in batch]
+
+    batch = [Item(job_id="a", data={}, media_type=None), Item(job_id="b", data={"bad": True}, media_type=None)]
+    good, bad = predict_isolating(BadLaunch(), batch)
+    assert good == {} and isinstance(bad, torch.AcceleratorError)
 
 
 def test_a_device_fault_returned_in_an_item_s_slot_is_a_device_fault_too():

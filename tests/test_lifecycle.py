@@ -124,11 +124,12 @@ def test_the_attempt_bound_fails_the_job_in_the_claim(store, new_job):
         "message"]
 
 
-def hand_back(store: JobStore, job_id: str, token: int, holder: str = OWNER):
+def hand_back(store: JobStore, job_id: str, token: int, holder: str = OWNER, blame: bool = True):
     batch = Pipelined(store.redis)
     index = store.lifecycle.queue_hand_back(batch, job_id, token, holder, queue="gpuq.lifecycletest",
                                             message=f"message-of-{job_id}", now=time.time(), most_faults=2,
-                                            error={"code": "device_error", "message": "the GPU broke twice"})
+                                            error={"code": "device_error", "message": "the GPU broke twice"},
+                                            blame=blame)
     return store.lifecycle.parse_end(batch.execute()[index])
 
 
@@ -153,6 +154,14 @@ def test_a_job_at_its_second_device_fault_fails_as_their_cause(store, new_job):
     assert second.written and second.status == FAILED
     record = store.get(job_id)
     assert record.error["code"] == "device_error" and record.device_faults == 2 and record.attempts == 1
+
+
+def test_a_job_not_blamed_for_a_device_fault_is_queued_again_with_no_fault_counted(store, new_job):
+    job_id = new_job()
+    hand_back(store, job_id, claim(store, job_id))
+    again = hand_back(store, job_id, claim(store, job_id, "v|2|2"), holder="v|2|2", blame=False)
+    assert again.written and again.status == QUEUED
+    assert store.get(job_id).device_faults == 1 and store.get(job_id).attempts == 0
 
 
 def test_a_stale_or_ended_run_cannot_hand_its_job_back(store, new_job):

@@ -130,6 +130,26 @@ def test_gpu_telemetry_from_heartbeats_is_relayed(api, redis_client):
         catalog.forget_worker(redis_client, name)
 
 
+def test_a_worker_whose_gpu_failed_is_unhealthy_and_its_pass_sizes_are_shown(api, redis_client):
+    name = "gpu3@metrics-test-host"
+    info = {"name": name, "state": "unhealthy", "device": "cuda:3 Test GPU", "pid": 1, "analyzers": ["digits"],
+            "job": None, "heartbeat_at": time.time(), "device_faults_in_a_row": 2,
+            "unhealthy_because": "its GPU failed (AcceleratorError: CUDA error: device-side assert triggered)",
+            "pass_sizes": {"digits": 64}}
+    catalog.publish_heartbeat(redis_client, name, info, ttl=30)
+    try:
+        samples = scrape(api)
+        assert value(samples, "gpuq_worker_unhealthy", worker=name, device="cuda:3 Test GPU") == 1
+        assert value(samples, "gpuq_worker_device_faults_in_a_row", worker=name) == 2
+        assert value(samples, "gpuq_analyzer_pass_size", worker=name, analyzer="digits") == 64
+        ready = requests.get(f"{api}/readyz", timeout=10).json()
+        [entry] = [w for w in ready["workers"] if w["name"] == name]
+        assert entry["state"] == "unhealthy" and "device-side assert" in entry["unhealthy_because"]
+        assert name not in ready.get("analyzers", {}).get("digits", [])  # an unhealthy worker serves nothing
+    finally:
+        catalog.forget_worker(redis_client, name)
+
+
 def test_a_job_is_observed_once_however_often_it_is_reported(redis_client):
     job_id = "00000000-0000-0000-0000-00000000abcd"
     redis_client.hset(f"gpuq:job:{job_id}", mapping={"status": "succeeded"})

@@ -78,7 +78,8 @@ def test_a_job_too_large_even_in_passes_of_one_fails_alone_and_the_others_run():
 
     analyzer = OneTooLarge(fits=64)
     outputs = predict_isolating(analyzer, numbers(8))
-    assert analyzer.items_per_pass == 1  # halved down to one item before any job was failed
+    assert analyzer.passes[-1] == 1  # halved down to one item before any job was failed
+    assert analyzer.items_per_pass == 16  # then back: the job, not the passes, was too large
     assert [o for i, o in enumerate(outputs) if i != 5] == [2 * i for i in range(8) if i != 5]
     assert is_out_of_memory(outputs[5]) and "90.00 GiB" in str(outputs[5])
     assert outputs[5].__traceback__ is not None  # still names where it happened, for the log

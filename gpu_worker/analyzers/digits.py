@@ -71,8 +71,9 @@ class DigitsAnalyzer(Analyzer):
     #: Frames per forward pass, whichever jobs they come from: a batch of many
     #: single images and one job with a long stack both run in passes of this size.
     items_per_pass: int = CHUNK_FRAMES
-    #: A 10-way softmax over a tiny CNN: half precision keeps the argmax (see
-    #: tests/test_gpu_inference.py), and the softmax itself runs in float32.
+    #: A 10-way softmax over a tiny CNN: half precision should keep the argmax (the claim
+    #: tests/test_gpu_inference.py and bench/gpu_first_session.py check on a GPU, not yet run
+    #: on one), and the softmax itself runs in float32.
     autocast_dtype: ClassVar[str | None] = "float16"
 
     def __init__(self, weights_path: str | Path = WEIGHTS_PATH) -> None:

@@ -72,8 +72,9 @@ class EmbedAnalyzer(Analyzer):
     #: Texts per forward pass, whichever jobs they come from: a batch of jobs of
     #: one text and one job of many texts both run in passes of this size.
     items_per_pass: int = TEXTS_PER_PASS
-    #: Half precision keeps each vector within cosine 0.999 of float32 (see
-    #: tests/test_gpu_inference.py); pooling and normalisation run in float32.
+    #: Half precision should keep each vector within cosine 0.999 of float32 (the claim
+    #: tests/test_gpu_inference.py and bench/gpu_first_session.py check on a GPU, not yet run
+    #: on one); pooling and normalisation run in float32.
     autocast_dtype: ClassVar[str | None] = "float16"
 
     def __init__(self) -> None:

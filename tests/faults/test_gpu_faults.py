@@ -39,7 +39,7 @@ def test_a_gpu_broken_by_one_input_fails_that_job_alone_and_a_fresh_process_runs
     follow = stack.submit("brokengpu", input={"n": 99})
     assert stack.wait(follow["id"])["status"] == "succeeded"
     metrics = requests.get(f"{stack.url}/metrics", timeout=10).text
-    assert 'gpuq_worker_unhealthy{device="cpu",worker="cpu0@' in metrics
+    assert 'gpuq_worker_unhealthy{device="cpu",worker="cpu0@' in metrics  # 0 again: the fresh process serves
     wait_until(lambda: all(w.get("device_faults_in_a_row") == 0 for w in _heartbeats(stack)), 10,
                "the fault count to be settled by the batches that ran")
 
@@ -64,6 +64,9 @@ def test_a_gpu_that_stays_broken_stops_its_worker_after_three_faults_in_a_row(ma
     records = [stack.job(job["id"]) for job in jobs]
     statuses = sorted(record["status"] for record in records)
     assert set(statuses) <= {"failed", "queued"} and "queued" in statuses, records
+    # Faults 1 and 2 are counted on their jobs (an input may set them off), the third, which stops the worker,
+    # is the GPU's: at most one job ran into two counted faults.
+    assert statuses.count("failed") <= 1, records
     for record in records:
         if record["status"] == "failed":
             assert record["error"]["code"] == "device_error", record
