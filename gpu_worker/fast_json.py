@@ -2,7 +2,7 @@
 
 The recorder thread encodes a batch's results while the model's thread runs
 the next batch. The standard library's C encoder holds the GIL for the whole
-call: about 0.3 ms for a 256-frame digits result, during which the model's
+call: about 0.2 ms for a 256-frame digits result, during which the model's
 thread cannot launch its next operator (the switch interval does not reach
 into C). orjson writes the same value about thirty times faster.
 

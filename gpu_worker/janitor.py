@@ -54,18 +54,15 @@ class Janitor:
         #: expired, may still hold jobs and lost deliveries to sweep.
         self._seen_queues: set[str] = set()
         self.lifecycle = store.lifecycle
-        self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="gpuq-janitor", daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
-        self._stop.set()
-
     def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
+        while True:  # a daemon thread: it ends with the worker's main process
+            time.sleep(self.interval)
             try:
                 self.sweep()
             except Exception as error:  # Redis away for a moment: sweep again next time

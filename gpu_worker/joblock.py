@@ -31,7 +31,7 @@ def owner_of(worker: str, pid: int | None = None, main_pid: int | None = None) -
 
 
 #: Marks the lock of a job a pool child took from the queue itself to fill a batch
-#: (``gpu_worker.batch_gathering``): Celery knows nothing of it and will not retry it.
+#: (``gpu_worker.claims``): Celery knows nothing of it and will not retry it.
 _BATCH_MEMBER = "batch"
 
 

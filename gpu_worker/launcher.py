@@ -38,6 +38,7 @@ from gpu_worker.devices import GpuDiscoveryError, discover_gpus, named_gpus
 from gpu_worker.registry import DEFAULT_ANALYZERS
 from gpu_worker.routing import route_analyzers
 from gpuq.die_with_parent import die_with_parent
+from gpuq.stop_grace import stop_grace
 from tasks import logs
 from tasks.settings import SettingsError
 
@@ -212,8 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"gpuq worker: {error}") from None
     for slot in slots:
         log.info("worker %s serves %s", slot.name, slot.env.get("GPUQ_ANALYZERS", DEFAULT_ANALYZERS))
-    job_limit = float(env.get("GPUQ_JOB_TIME_LIMIT", "3600"))
-    grace = float(env.get("GPUQ_STOP_GRACE", str(job_limit + 30)))
+    grace = stop_grace(env)
     return Launcher(slots, loglevel=env.get("GPUQ_LOG_LEVEL", "INFO"), grace=grace,
                     quiet=logs.log_format(env) == "json").run()
 

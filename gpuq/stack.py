@@ -28,6 +28,7 @@ from pathlib import Path
 from gpuq.die_with_parent import die_with_own_parent, die_with_parent
 from gpuq.ports_in_use import Listener, in_use, refusal
 from gpuq.redis_server import RedisServer
+from gpuq.stop_grace import stop_grace
 
 __all__ = ["run_stack"]
 
@@ -87,6 +88,7 @@ def run_stack(environ: dict[str, str] | None = None) -> int:
         print("gpuq up: GPUQ_API_KEYS is not set: the API runs without keys (GPUQ_AUTH=off), "
               "for local development only", flush=True)
 
+    grace = stop_grace(env)  # the launcher's: a running job may finish before anything is killed
     redis_port = None if env.get("GPUQ_REDIS_URL") else int(env.get("GPUQ_REDIS_PORT", "6390"))
     taken = in_use(_listeners(env, redis_port))
     if taken:
@@ -97,8 +99,7 @@ def run_stack(environ: dict[str, str] | None = None) -> int:
     redis = None
     if redis_port is not None:
         # The launcher waits GPUQ_STOP_GRACE for its workers; Redis must be there until they are gone.
-        grace = float(env.get("GPUQ_STOP_GRACE", "60")) + 15
-        redis = RedisServer(state / "redis", port=redis_port, guard_grace=grace).start()
+        redis = RedisServer(state / "redis", port=redis_port, guard_grace=grace + 15).start()
         env["GPUQ_REDIS_URL"] = redis.url
         print(f"gpuq up: redis-server on {redis.url} (AOF in {redis.directory})", flush=True)
 
@@ -145,7 +146,7 @@ def run_stack(environ: dict[str, str] | None = None) -> int:
             if process and process.poll() is None:
                 process.send_signal(signal.SIGTERM)
                 try:
-                    process.wait(timeout=float(env.get("GPUQ_STOP_GRACE", "60")))
+                    process.wait(timeout=grace)
                 except subprocess.TimeoutExpired:
                     os.killpg(process.pid, signal.SIGKILL)
                     process.wait()

@@ -135,12 +135,6 @@ class JobStore:
         raw, value = pipe.execute()
         return (JobRecord.from_hash(raw) if raw else None), value
 
-    def read_input(self, job_id: str) -> bytes | None:
-        return self.redis.get(keys.job_input(job_id))
-
-    def delete(self, job_id: str) -> None:
-        self.redis.delete(keys.job(job_id), keys.job_input(job_id))
-
     def running_ids(self) -> list[str]:
         return [m.decode() for m in self.redis.smembers(keys.RUNNING)]
 
