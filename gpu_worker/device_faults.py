@@ -19,7 +19,10 @@ from __future__ import annotations
 
 import sys
 
-__all__ = ["FAULTS_BEFORE_FAILING_A_JOB", "DeviceFault", "context_broken", "is_device_fault", "is_out_of_memory"]
+from gpu_worker.devices import cuda_initialized
+
+__all__ = ["FAULTS_BEFORE_FAILING_A_JOB", "DeviceFault", "cause_chain", "context_broken", "is_device_fault",
+           "is_out_of_memory"]
 
 #: Device faults under one job before it is taken for their cause and failed (``device_error``):
 #: a GPU that broke once under a batch goes on to break under the same input in a fresh process
@@ -59,7 +62,7 @@ class DeviceFault(Exception):
 
 def is_out_of_memory(error: BaseException) -> bool:
     """Whether ``error`` (or what it was raised from) says the device ran out of memory."""
-    return any(_names_out_of_memory(e) for e in _chain(error))
+    return any(_names_out_of_memory(e) for e in cause_chain(error))
 
 
 def is_device_fault(error: BaseException) -> bool:
@@ -70,7 +73,7 @@ def is_device_fault(error: BaseException) -> bool:
     sticky error met while handling one is.
     """
     return any(not _names_out_of_memory(e) and (isinstance(e, DeviceFault) or _is_sticky(e))
-               for e in _chain(error))
+               for e in cause_chain(error))
 
 
 def context_broken() -> bool:
@@ -81,9 +84,10 @@ def context_broken() -> bool:
     tells them apart: after a sticky error every call fails. Without an initialised CUDA
     context there is nothing to ask, and the error is taken at its word.
     """
-    torch = sys.modules.get("torch")
-    if torch is None or not torch.cuda.is_initialized():
+    if not cuda_initialized():
         return True
+    import torch  # imported already: CUDA is initialised
+
     try:
         torch.ones(1, device=torch.device("cuda", torch.cuda.current_device())).add_(1).cpu()
         torch.cuda.synchronize()
@@ -92,7 +96,8 @@ def context_broken() -> bool:
     return False
 
 
-def _chain(error: BaseException) -> list[BaseException]:
+def cause_chain(error: BaseException) -> list[BaseException]:
+    """``error`` and the errors it was raised from or while handling, nearest first."""
     seen: list[BaseException] = []
     current: BaseException | None = error
     while current is not None and all(current is not e for e in seen) and len(seen) < 16:

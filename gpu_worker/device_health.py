@@ -63,8 +63,7 @@ class DeviceHealth:
 
     def record_batch_run(self) -> None:
         """A batch ran on the device: the faults before it were not in a row with the next."""
-        if self.path.exists():
-            self.path.unlink(missing_ok=True)
+        self.clear()
 
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)

@@ -17,9 +17,11 @@ import logging
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Mapping
 
-__all__ = ["GpuDiscoveryError", "describe_device", "discover_gpus", "limit_torch_threads", "named_gpus"]
+__all__ = ["GpuDiscoveryError", "cuda_initialized", "describe_device", "discover_gpus", "limit_torch_threads",
+           "named_gpus"]
 
 log = logging.getLogger("gpuq.devices")
 
@@ -120,6 +122,13 @@ def _is_listed(gpu: str, listed: list[tuple[str, str]]) -> bool:
         return True
     # CUDA takes a GPU UUID or any prefix of one that names a single GPU.
     return sum(uuid.lower().startswith(gpu.lower()) for _, uuid in listed) == 1
+
+
+def cuda_initialized() -> bool:
+    """Whether this process has a CUDA context; asked only if torch is imported already (importing
+    it here would cost every process that never uses it, and would not initialise CUDA anyway)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and torch.cuda.is_initialized()
 
 
 def describe_device(kind: str) -> tuple[str, str]:

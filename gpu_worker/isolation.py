@@ -25,14 +25,14 @@ by a tiny operation on the device failing too) is not retried at all: it raises
 from __future__ import annotations
 
 import logging
-import sys
 import traceback
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 
 from gpu_worker.analyzer import Analyzer, AnalyzerError, Item
-from gpu_worker.device_faults import DeviceFault, context_broken, is_device_fault, is_out_of_memory
+from gpu_worker.device_faults import DeviceFault, cause_chain, context_broken, is_device_fault, is_out_of_memory
+from gpu_worker.devices import cuda_initialized
 
 __all__ = ["predict_isolating"]
 
@@ -98,20 +98,17 @@ def _let_go(error: BaseException) -> None:
     pass's inputs and activations. Cleared, the traceback still names files and lines
     (for the log), but holds no tensor.
     """
-    seen: set[int] = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if current.__traceback__ is not None:
-            traceback.clear_frames(current.__traceback__)
-        current = current.__cause__ or current.__context__
+    for each in cause_chain(error):
+        if each.__traceback__ is not None:
+            traceback.clear_frames(each.__traceback__)
 
 
 def _empty_device_cache() -> None:
     """After running out of memory: the allocator's cached blocks back to the device, for the
     next attempt and for other processes on the GPU (a failed pass's own were let go before)."""
-    torch = sys.modules.get("torch")  # an analyzer that never imported torch has no device memory
-    if torch is not None and torch.cuda.is_initialized():
+    if cuda_initialized():  # an analyzer that never used CUDA has no device memory
+        import torch  # imported already
+
         try:
             torch.cuda.empty_cache()
         except Exception:  # a context broken meanwhile: the next attempt will say so

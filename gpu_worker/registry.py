@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import importlib
 import re
-import sys
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
 from gpu_worker.analyzer import Analyzer
+from gpu_worker.devices import cuda_initialized
 
 __all__ = ["BUILTINS", "DEFAULT_ANALYZERS", "AnalyzerConfigError", "check_loaded", "resolve_analyzers"]
 
@@ -57,13 +57,13 @@ def _import(path: str) -> type[Analyzer]:
     if not attr:
         raise AnalyzerConfigError(
             f"{path!r} is neither a built-in ({', '.join(BUILTINS)}) nor an import path 'package.module:Class'")
-    cuda_before = _cuda_initialized()
+    cuda_before = cuda_initialized()
     try:
         module = importlib.import_module(module_name)
     except Exception as error:
         raise AnalyzerConfigError(f"cannot import {module_name!r} for analyzer {path!r}: {error!r}") from error
     # Only blame the module if CUDA came up during its import (a test process may have initialised it before).
-    if not cuda_before and _cuda_initialized():
+    if not cuda_before and cuda_initialized():
         raise AnalyzerConfigError(
             f"importing {module_name!r} for analyzer {path!r} initialised CUDA; the worker forks its model "
             "process after importing analyzers, and a forked child cannot use CUDA initialised before the fork: "
@@ -75,10 +75,6 @@ def _import(path: str) -> type[Analyzer]:
     return cls
 
 
-def _cuda_initialized() -> bool:
-    # Only if torch is already imported: importing it here would cost every analyzer that does not use it.
-    torch = sys.modules.get("torch")
-    return torch is not None and torch.cuda.is_initialized()
 
 
 def _check(cls: object, path: str) -> None:

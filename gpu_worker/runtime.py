@@ -75,8 +75,9 @@ class WorkerRuntime:
         self.runner = runner
         self.gpu = gpu
         self.device_health = device_health
-        #: Whether the device broke under an earlier process of this worker with no batch run since.
-        self._faults_unsettled = device_health is not None and device_health.faults_in_a_row() > 0
+        #: Faults in a row of this worker's GPU, as this process knows them: read once, from the
+        #: processes before it; 0 once a batch ran here; the new count once one broke it.
+        self._faults_in_a_row = device_health.faults_in_a_row() if device_health is not None else 0
         self.state = READY
         self.unhealthy_because: str | None = None
         self.current_job: str | None = None
@@ -151,16 +152,16 @@ class WorkerRuntime:
 
     def _settle_fault_streak(self) -> None:
         """A batch ran on the device since the last fault: the next one starts a new streak."""
-        if self._faults_unsettled and self.runner.batches_run and self.device_health is not None:
+        if self._faults_in_a_row and self.runner.batches_run and self.device_health is not None:
             self.device_health.record_batch_run()
-            self._faults_unsettled = False
+            self._faults_in_a_row = 0
 
     def _blame_jobs(self) -> bool:
         """Whether a device fault now is counted on the jobs it struck: not when it is the fault that
         stops the worker, whose GPU is then taken for the cause (the jobs run elsewhere, uncounted)."""
-        if self.runner.batches_run or self.device_health is None:
+        if self.runner.batches_run:
             return True  # the device worked in this process: this fault starts a new streak
-        return self.device_health.faults_in_a_row() + 1 < self.settings.device_fault_restarts
+        return self._faults_in_a_row + 1 < self.settings.device_fault_restarts
 
     def _end_for_device_fault(self, fault: DeviceFault) -> NoReturn:
         """End this process after its GPU broke; after too many in a row, the whole worker.
@@ -171,6 +172,7 @@ class WorkerRuntime:
         try:
             self._settle_fault_streak()
             faults = self.device_health.record_fault(str(fault)) if self.device_health is not None else 1
+            self._faults_in_a_row = faults
             bound = self.settings.device_fault_restarts
             self.state = UNHEALTHY
             self.unhealthy_because = f"its GPU failed ({fault}); {faults} time(s) in a row of at most {bound}"
@@ -205,7 +207,7 @@ class WorkerRuntime:
     def info(self) -> dict[str, Any]:
         return {"name": self.name, "state": self.state, "device": self.device_label, "pid": os.getpid(),
                 "unhealthy_because": self.unhealthy_because,
-                "device_faults_in_a_row": self.device_health.faults_in_a_row() if self.device_health else 0,
+                "device_faults_in_a_row": self._faults_in_a_row,
                 # Items per forward pass of the analyzers that run in passes: lowered after running out of memory.
                 "pass_sizes": {name: size for name, a in self.analyzers.items()
                                if isinstance(size := getattr(a, "items_per_pass", None), int)},
